@@ -1,0 +1,1 @@
+"""Privacy attacks on shared updates and Byzantine attacks on aggregation (``privfl.attacks``)."""

@@ -1,0 +1,36 @@
+"""The plain average, FedAvg's server rule (McMahan et al., AISTATS 2017)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from privfl.core import Aggregator, check_updates
+from privfl.registry import register
+
+
+@register("aggregator", "mean")
+class Mean(Aggregator):
+    """Unweighted coordinate-wise mean of the rows. Not robust (``f`` must be 0).
+
+    Following privfl's non-finite policy, a NaN/Inf row is an error here rather than a NaN
+    aggregate: the mean has no way to discard a faulty row.
+    """
+
+    name = "mean"
+
+    def __init__(self, f: int = 0):
+        if not isinstance(f, int) or isinstance(f, bool) or f != 0:
+            raise ValueError(f"mean tolerates no faulty inputs: f must be 0, got {f!r}; use a robust rule")
+        self.f = 0
+
+    def __call__(self, updates: Tensor) -> Tensor:
+        check_updates(updates)
+        bad = ~torch.isfinite(updates).all(dim=1)
+        if bool(bad.any()):
+            rows = torch.nonzero(bad).flatten().tolist()
+            raise ValueError(
+                f"mean: rows {rows[:10]} contain NaN or Inf; the plain mean cannot discard faulty rows "
+                "(use a robust aggregator, which treats non-finite rows as faulty)"
+            )
+        return updates.mean(dim=0)

@@ -1,0 +1,1 @@
+"""Privacy mechanisms (``privfl.mechanisms``): local randomizers with their exact guarantees."""

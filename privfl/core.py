@@ -1,0 +1,271 @@
+"""The contracts every privfl component follows (see ARCHITECTURE.md).
+
+A round's client updates are the rows of one tensor ``U`` of shape ``[n, d]``. Mechanisms,
+aggregators and Byzantine attacks work on such tensors, keep the caller's dtype and device and
+never modify their input. Components are small objects with one contract each; the harness in
+:mod:`privfl.fl` and :mod:`privfl.evaluations` composes them.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "PrivacyGuarantee",
+    "Mechanism",
+    "Aggregator",
+    "PreAggregator",
+    "Mixing",
+    "Observation",
+    "Reconstruction",
+    "PrivacyAttack",
+    "ByzantineAttack",
+    "DataPoisoningAttack",
+    "check_updates",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Privacy guarantees
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PrivacyGuarantee:
+    """What one release of a mechanism costs, as a pure function of its parameters.
+
+    ``rdp_curve`` maps an array of Rényi orders (> 1) to the RDP ε at each order for one release;
+    ``epsilon_pure`` is the pure-DP ε (``inf`` where none exists); ``pmf_pair`` holds, for
+    finite-output mechanisms, the exact output distributions ``(P, Q)`` of the worst neighbouring
+    pair, from which exact privacy-loss distributions and exact audits follow.
+    ``noise_multiplier`` is set for Gaussian releases (σ / sensitivity) so accountants can use
+    the closed forms of the (subsampled) Gaussian. ``unit`` says what neighbouring means
+    (e.g. ``"client"``, ``"record"``, ``"coordinate"``). A guarantee of ``none()`` reports
+    ε = ∞ everywhere: it is never silently treated as private.
+    """
+
+    name: str
+    rdp_curve: Callable[[np.ndarray], np.ndarray] | None = None
+    epsilon_pure: float = math.inf
+    pmf_pair: tuple[np.ndarray, np.ndarray] | None = None
+    noise_multiplier: float | None = None
+    unit: str = "client"
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def none(cls, name: str, notes: str = "no formal privacy guarantee") -> PrivacyGuarantee:
+        return cls(name=name, notes=notes)
+
+    @property
+    def is_private(self) -> bool:
+        return (
+            self.rdp_curve is not None
+            or math.isfinite(self.epsilon_pure)
+            or self.pmf_pair is not None
+            or self.noise_multiplier is not None
+        )
+
+    def rdp(self, orders: Sequence[float] | np.ndarray) -> np.ndarray:
+        """RDP ε at each order for one release; ``inf`` where the mechanism gives none."""
+        orders = np.asarray(orders, dtype=np.float64)
+        if orders.ndim != 1 or np.any(orders <= 1):
+            raise ValueError(f"orders must be a 1-d array of values > 1, got {orders!r}")
+        if self.rdp_curve is not None:
+            out = np.asarray(self.rdp_curve(orders), dtype=np.float64)
+        else:
+            out = np.full_like(orders, np.inf)
+        # Pure ε-DP implies RDP ≤ ε at every order.
+        return np.minimum(out, self.epsilon_pure)
+
+
+# --------------------------------------------------------------------------------------------
+# Mechanisms
+# --------------------------------------------------------------------------------------------
+class Mechanism(ABC):
+    """A local randomizer with its decoder and its guarantee (like a ``torch.distributions``
+    object: validated parameters, ``privatize`` draws, ``guarantee`` exposes the analysis).
+
+    - ``privatize(x, *, generator)``: each row of ``x`` is randomized independently.
+      Vector mechanisms take ``[n, d]`` floats; frequency oracles take ``[n]`` category ids.
+    - ``decode(reports)``: one unbiased estimate per row (``[n, d]``), so robust aggregators can
+      work on privatized rows; the default is the identity (reports are already vectors).
+    - ``estimate(reports)``: the unbiased server-side estimate (mean vector, frequency vector).
+    - ``guarantee()``: what one release costs.
+
+    Stateful mechanisms keep per-client state in an explicit, serialisable object keyed by
+    client id (``client_ids`` selects the rows' owners); never in globals.
+    """
+
+    name: ClassVar[str] = "mechanism"
+
+    @abstractmethod
+    def privatize(
+        self, x: Tensor, *, generator: torch.Generator | None = None, client_ids: Tensor | None = None
+    ) -> Tensor: ...
+
+    def decode(self, reports: Tensor) -> Tensor:
+        return reports
+
+    def estimate(self, reports: Tensor) -> Tensor:
+        return self.decode(reports).mean(dim=0)
+
+    @abstractmethod
+    def guarantee(self) -> PrivacyGuarantee: ...
+
+
+# --------------------------------------------------------------------------------------------
+# Aggregation
+# --------------------------------------------------------------------------------------------
+def check_updates(updates: Tensor, *, name: str = "updates", min_rows: int = 1) -> None:
+    """Validate a ``[n, d]`` update matrix at a public entry point."""
+    if not isinstance(updates, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape [n, d], got {type(updates).__name__}")
+    if updates.dim() != 2:
+        raise ValueError(f"{name} must have shape [n, d], got shape {tuple(updates.shape)}")
+    if not updates.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {updates.dtype}")
+    if updates.shape[0] < min_rows:
+        raise ValueError(f"{name} must have at least {min_rows} row(s), got {updates.shape[0]}")
+
+
+class Aggregator(ABC):
+    """A server aggregation rule ``[n, d] -> [d]`` with a declared number ``f`` of faulty inputs.
+
+    Rules are unweighted, never modify their input, keep dtype and device, and validate their
+    own requirement on ``n`` and ``f``. Stateful rules hold explicit state cleared by ``reset()``.
+    """
+
+    name: ClassVar[str] = "aggregator"
+    f: int = 0
+
+    @abstractmethod
+    def __call__(self, updates: Tensor) -> Tensor: ...
+
+    def reset(self) -> None:
+        """Forget any state kept between calls (stateless rules: nothing to do)."""
+
+
+class PreAggregator(ABC):
+    """A transform ``[n, d] -> [m, d]`` applied before any :class:`Aggregator` (NNM, bucketing)."""
+
+    name: ClassVar[str] = "preaggregator"
+    f: int = 0
+
+    @abstractmethod
+    def __call__(self, updates: Tensor, *, generator: torch.Generator | None = None) -> Tensor: ...
+
+
+class Mixing(ABC):
+    """Decentralized mixing ``[n, d] -> [n, d]``: one output per node (e.g. MoNNA's NNA)."""
+
+    name: ClassVar[str] = "mixing"
+    f: int = 0
+
+    @abstractmethod
+    def __call__(self, models: Tensor, *, adjacency: Tensor | None = None) -> Tensor: ...
+
+
+# --------------------------------------------------------------------------------------------
+# Privacy attacks
+# --------------------------------------------------------------------------------------------
+UpdateKind = Literal["gradient", "delta"]
+
+
+@dataclass
+class Observation:
+    """Exactly what an honest-but-curious server is granted about one client in one round.
+
+    ``update`` is the client's shared vector in the model's :class:`~privfl.flat.ParamLayout`
+    order: the gradient (``kind="gradient"``, FedSGD) or the weight difference
+    ``w_K - w_0`` after local training (``kind="delta"``, FedAvg), possibly privatized.
+    ``update`` may also be ``[v, d]``: several independent victims of the same model.
+    Optional facts (labels, lr, local steps, batch size) are ``None`` unless the threat model
+    grants them; attacks call :meth:`require` for what they need.
+    ``data_mean`` / ``data_std`` describe the input normalisation, so attacks can map between the
+    model's input space and pixel space.
+    """
+
+    model: nn.Module
+    update: Tensor
+    kind: UpdateKind
+    num_examples: int
+    input_shape: tuple[int, ...]
+    num_classes: int
+    loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None
+    labels: Tensor | None = None
+    lr: float | None = None
+    local_steps: int | None = None
+    batch_size: int | None = None
+    data_mean: tuple[float, ...] | None = None
+    data_std: tuple[float, ...] | None = None
+    round: int | None = None
+    client: int | None = None
+
+    GRANTABLE: ClassVar[tuple[str, ...]] = ("labels", "lr", "local_steps", "batch_size")
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("gradient", "delta"):
+            raise ValueError(f"kind must be 'gradient' or 'delta', got {self.kind!r}")
+        if not isinstance(self.update, Tensor) or self.update.dim() not in (1, 2):
+            raise ValueError("update must be a [d] or [victims, d] tensor")
+        if self.num_examples < 1:
+            raise ValueError(f"num_examples must be >= 1, got {self.num_examples}")
+
+    def require(self, *fields: str, attack: str = "this attack") -> None:
+        """Raise a clear error when the threat model does not grant a field the attack needs."""
+        missing = [f for f in fields if getattr(self, f) is None]
+        if missing:
+            raise ValueError(
+                f"{attack} needs {', '.join(missing)} in the Observation, but the threat model does "
+                f"not grant {'it' if len(missing) == 1 else 'them'}; grant it or choose an attack "
+                f"or label strategy that does not need it"
+            )
+
+
+@dataclass
+class Reconstruction:
+    """What a privacy attack returns: data in the dataset's pixel space and (soft or hard) labels."""
+
+    data: Tensor
+    labels: Tensor | None = None
+    loss: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class PrivacyAttack(ABC):
+    """``attack(observation) -> Reconstruction``; uses nothing beyond what the observation grants."""
+
+    name: ClassVar[str] = "privacy_attack"
+
+    @abstractmethod
+    def attack(self, observation: Observation, *, generator: torch.Generator | None = None) -> Reconstruction: ...
+
+
+# --------------------------------------------------------------------------------------------
+# Byzantine attacks
+# --------------------------------------------------------------------------------------------
+class ByzantineAttack(ABC):
+    """Omniscient model poisoning: ``honest [h, d] -> malicious [f, d]``."""
+
+    name: ClassVar[str] = "byzantine_attack"
+
+    @abstractmethod
+    def __call__(self, honest: Tensor, f: int, *, generator: torch.Generator | None = None) -> Tensor: ...
+
+
+class DataPoisoningAttack(ABC):
+    """Data poisoning as a client-side transform: malicious clients train honestly on poisoned data."""
+
+    name: ClassVar[str] = "data_poisoning"
+
+    @abstractmethod
+    def poison(
+        self, x: Tensor, y: Tensor, *, num_classes: int, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]: ...

@@ -1,0 +1,1 @@
+"""Federated learning simulation: partitions, batched local training, rounds."""

@@ -1,0 +1,360 @@
+"""Federated rounds: FedSGD and FedAvg with the slots every experiment plugs into.
+
+One round, in order:
+
+1. **Participation**: ``sampling="uniform"`` picks ``round(sample_rate·n)`` clients without
+   replacement; ``"poisson"`` includes each client independently with probability
+   ``sample_rate`` (the sampling DP accountants assume; a round may be empty).
+2. **Local work** of every participant, batched over clients (:mod:`privfl.fl.local`):
+   FedSGD (McMahan et al., AISTATS 2017) sends the gradient on one batch; FedAvg sends the
+   weight difference ``w_K − w_0`` after K local SGD steps. Data-poisoning Byzantine clients
+   train on their poisoned data here.
+3. **Worker momentum** (optional, Karimireddy, He, Jaggi, ICML 2021): a client sends
+   ``m_i ← β·m_i + (1−β)·u_i``, kept across the rounds it joins.
+4. **Client-side mechanism** (optional): ``reports = mechanism.privatize(U)``; the server
+   works on ``mechanism.decode(reports)``.
+5. **Byzantine clients** among the participants replace their rows with an omniscient attack
+   on the honest rows: ``attack(honest [h, d], f) -> [f, d]``.
+6. **Server**: pre-aggregators in order, then the aggregator (``[n, d] -> [d]``); FedAvg applies
+   ``w ← w + server_lr·agg``, FedSGD ``w ← w − lr·server_lr·agg``.
+
+An **observation hook** records, for chosen (round, client) pairs, exactly what a curious
+server sees (:class:`privfl.core.Observation`), with the ground truth kept beside it for scoring.
+Every random draw comes from a generator derived from ``(seed, purpose, round)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from privfl.core import (
+    Aggregator,
+    ByzantineAttack,
+    DataPoisoningAttack,
+    Mechanism,
+    Observation,
+    PreAggregator,
+)
+from privfl.data.base import Dataset
+from privfl.fl.local import LocalSGD, plan_batches, supports_vmap, train_loop, train_vmap
+from privfl.flat import flatten, layout_of, load_flat, unflatten
+from privfl.seeding import make_generator
+
+__all__ = ["FederatedSimulation", "RoundRecord", "ObservationRecord", "evaluate"]
+
+Protocol = Literal["fedavg", "fedsgd"]
+GRANTABLE = Observation.GRANTABLE
+
+
+@dataclass
+class RoundRecord:
+    """Metrics of one round (accuracy/loss of the global model on the test split after it)."""
+
+    round: int
+    accuracy: float | None
+    loss: float | None
+    participants: int
+    byzantine: int
+    bytes_per_client: float
+    seconds: float
+
+
+@dataclass
+class ObservationRecord:
+    """An observation plus the ground truth the harness scores reconstructions against.
+
+    ``true_inputs`` are in pixel space; ``true_labels`` are the client's labels for those inputs.
+    """
+
+    observation: Observation
+    true_inputs: Tensor
+    true_labels: Tensor
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, w: Tensor, x: Tensor, y: Tensor, *, batch: int = 4096
+) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy of ``model`` with flat weights ``w`` on ``(x, y)``."""
+    layout = layout_of(model)
+    params = unflatten(w, layout)
+    was_training = model.training
+    model.eval()
+    correct, total_loss = 0, 0.0
+    for lo in range(0, len(x), batch):
+        logits = functional_call(model, {**dict(model.named_buffers()), **params}, (x[lo : lo + batch],))
+        yb = y[lo : lo + batch]
+        total_loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+        correct += int((logits.argmax(1) == yb).sum())
+    model.train(was_training)
+    return correct / len(x), total_loss / len(x)
+
+
+@dataclass
+class FederatedSimulation:
+    """A federated training run over ``dataset`` split into ``clients`` (index tensors).
+
+    Everything is explicit Python objects; :mod:`privfl.evaluations` builds them from names.
+    ``parallel``: ``"auto"`` (vmap when the model allows, else loop), ``"vmap"``, ``"loop"``.
+    ``client_chunk`` bounds how many clients one vmap call trains (memory on big models).
+    ``grant`` lists the optional facts the curious server's observations include.
+    """
+
+    model: nn.Module
+    dataset: Dataset
+    clients: Sequence[Tensor]
+    protocol: Protocol = "fedavg"
+    local: LocalSGD = field(default_factory=LocalSGD)
+    server_lr: float = 1.0
+    worker_momentum: float = 0.0
+    sample_rate: float = 1.0
+    sampling: Literal["uniform", "poisson"] = "uniform"
+    mechanism: Mechanism | None = None
+    aggregator: Aggregator | None = None
+    preaggregators: Sequence[PreAggregator] = ()
+    byzantine_clients: Sequence[int] = ()
+    byzantine_attack: ByzantineAttack | DataPoisoningAttack | None = None
+    observe: Sequence[tuple[int, int]] = ()
+    grant: Sequence[str] = GRANTABLE
+    parallel: Literal["auto", "vmap", "loop"] = "auto"
+    client_chunk: int | None = None
+    eval_every: int = 1
+    seed: int = 0
+    device: torch.device | str = "cpu"
+
+    def __post_init__(self) -> None:
+        self._validate()
+        self.device = torch.device(self.device)
+        self.model = self.model.to(self.device)
+        self.layout = layout_of(self.model)
+        self.weights = flatten(self.model, self.layout).to(self.device)
+        self.data = self.dataset.to(self.device)
+        self.clients = [torch.as_tensor(c, dtype=torch.int64) for c in self.clients]
+        n = len(self.clients)
+        self._byz = sorted(set(int(c) for c in self.byzantine_clients))
+        self._is_byz = torch.zeros(n, dtype=torch.bool)
+        self._is_byz[self._byz] = True
+        # Data poisoning: a copy of the training pool in which Byzantine clients' samples are poisoned.
+        self._x_pool, self._y_pool = self.data.x_train, self.data.y_train
+        if isinstance(self.byzantine_attack, DataPoisoningAttack) and self._byz:
+            idx = torch.cat([self.clients[c] for c in self._byz]).to(self.device)
+            xp, yp = self.byzantine_attack.poison(
+                self._x_pool[idx],
+                self._y_pool[idx],
+                num_classes=self.data.num_classes,
+                generator=make_generator(self.seed, "poison", device=self.device),
+            )
+            self._x_pool, self._y_pool = self._x_pool.clone(), self._y_pool.clone()
+            self._x_pool[idx], self._y_pool[idx] = xp, yp
+        self._momentum: Tensor | None = None
+        self._use_vmap = self.parallel == "vmap" or (self.parallel == "auto" and supports_vmap(self.model))
+        if self.parallel == "vmap" and not supports_vmap(self.model):
+            raise ValueError("parallel='vmap' is not possible for a model with BatchNorm; use 'auto' or 'loop'")
+        self._observe = {(int(r), int(c)) for r, c in self.observe}
+        self.observations: list[ObservationRecord] = []
+        self.history: list[RoundRecord] = []
+        if self.aggregator is None:
+            from privfl.defenses.mean import Mean
+
+            self.aggregator = Mean()
+
+    # ------------------------------------------------------------------ validation
+    def _validate(self) -> None:
+        if not isinstance(self.model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(self.model).__name__}")
+        if not isinstance(self.dataset, Dataset):
+            raise TypeError(f"dataset must be a privfl Dataset, got {type(self.dataset).__name__}")
+        if len(self.clients) < 1:
+            raise ValueError("clients must hold at least one client's index tensor")
+        if self.protocol not in ("fedavg", "fedsgd"):
+            raise ValueError(f"protocol must be 'fedavg' or 'fedsgd', got {self.protocol!r}")
+        if not (0.0 < self.sample_rate <= 1.0):
+            raise ValueError(f"sample_rate must be in (0, 1], got {self.sample_rate!r}")
+        if self.sampling not in ("uniform", "poisson"):
+            raise ValueError(f"sampling must be 'uniform' or 'poisson', got {self.sampling!r}")
+        if not (0.0 <= self.worker_momentum < 1.0):
+            raise ValueError(f"worker_momentum must be in [0, 1), got {self.worker_momentum!r}")
+        if not (math.isfinite(self.server_lr) and self.server_lr > 0):
+            raise ValueError(f"server_lr must be a finite number > 0, got {self.server_lr!r}")
+        if self.parallel not in ("auto", "vmap", "loop"):
+            raise ValueError(f"parallel must be 'auto', 'vmap' or 'loop', got {self.parallel!r}")
+        bad = [c for c in self.byzantine_clients if not (0 <= int(c) < len(self.clients))]
+        if bad:
+            raise ValueError(f"byzantine_clients {bad} are not client ids in [0, {len(self.clients)})")
+        if self.byzantine_clients and self.byzantine_attack is None:
+            raise ValueError("byzantine_clients were given but no byzantine_attack to run on them")
+        unknown = [g for g in self.grant if g not in GRANTABLE]
+        if unknown:
+            raise ValueError(f"grant: unknown fields {unknown}; grantable: {', '.join(GRANTABLE)}")
+        if not isinstance(self.eval_every, int) or self.eval_every < 1:
+            raise ValueError(f"eval_every must be an int >= 1, got {self.eval_every!r}")
+
+    # ------------------------------------------------------------------ one round
+    def _participants(self, t: int) -> Tensor:
+        n = len(self.clients)
+        g = make_generator(self.seed, "participation", t)
+        if self.sampling == "poisson":
+            return torch.nonzero(torch.rand(n, generator=g) < self.sample_rate).flatten()
+        m = max(1, round(self.sample_rate * n))
+        return torch.randperm(n, generator=g)[:m].sort().values
+
+    def _local_updates(self, ids: Tensor, t: int) -> Tensor:
+        """Honest protocol work of clients ``ids``: gradients (FedSGD) or deltas (FedAvg)."""
+        opt = self.local
+        if self.protocol == "fedsgd":
+            opt = LocalSGD(steps=1, batch_size=opt.batch_size, lr=opt.lr)
+        plan = plan_batches(
+            [self.clients[int(c)] for c in ids], opt, generator=make_generator(self.seed, "batches", t)
+        )
+        self._last_plan = plan
+        gradient_only = self.protocol == "fedsgd"
+        if self._use_vmap:
+            out = train_vmap(
+                self.model, self.layout, self.weights, self._x_pool, self._y_pool, plan, opt,
+                chunk=self.client_chunk, gradient_only=gradient_only,
+            )
+        else:
+            out, buffers = train_loop(
+                self.model, self.layout, self.weights, self._x_pool, self._y_pool, plan, opt,
+                gradient_only=gradient_only,
+            )
+            self._average_buffers(buffers)
+        return out if gradient_only else out - self.weights
+
+    @torch.no_grad()
+    def _average_buffers(self, client_buffers: list[dict[str, Tensor]]) -> None:
+        """FedAvg of floating buffers (BatchNorm statistics) over the round's clients."""
+        if not client_buffers:
+            return
+        for name, buf in self.model.named_buffers():
+            if buf.is_floating_point():
+                buf.copy_(torch.stack([b[name] for b in client_buffers]).mean(0))
+            else:
+                buf.copy_(torch.stack([b[name] for b in client_buffers]).max(0).values)
+
+    def _apply_worker_momentum(self, ids: Tensor, updates: Tensor) -> Tensor:
+        if not self.worker_momentum:
+            return updates
+        if self._momentum is None:
+            self._momentum = torch.zeros(len(self.clients), updates.shape[1], device=updates.device,
+                                         dtype=updates.dtype)
+        beta = self.worker_momentum
+        dev_ids = ids.to(updates.device)
+        m = beta * self._momentum[dev_ids] + (1.0 - beta) * updates
+        self._momentum[dev_ids] = m
+        return m
+
+    def step(self, t: int) -> RoundRecord:
+        """Run round ``t`` and return its record."""
+        start = time.perf_counter()
+        ids = self._participants(t)
+        byz_mask = self._is_byz[ids]
+        omniscient = isinstance(self.byzantine_attack, ByzantineAttack)
+        workers = ids[~byz_mask] if omniscient else ids  # data poisoners follow the protocol
+        bytes_per_client = 0.0
+        if len(ids) == 0:
+            return self._finish(t, 0, 0, 0.0, start)
+        rows = torch.empty(0, self.layout.dim, device=self.device)
+        if len(workers):
+            updates = self._local_updates(workers, t)
+            updates = self._apply_worker_momentum(workers, updates)
+            if self.mechanism is not None:
+                reports = self.mechanism.privatize(
+                    updates,
+                    generator=make_generator(self.seed, "mechanism", t, device=self.device),
+                    client_ids=workers,
+                )
+                bytes_per_client = reports[0].numel() * reports.element_size() if reports.dim() > 1 else (
+                    reports.element_size()
+                )
+                rows = self.mechanism.decode(reports)
+            else:
+                rows = updates
+                bytes_per_client = updates.shape[1] * updates.element_size()
+            self._record_observations(t, workers, rows)
+        f_t = int(byz_mask.sum()) if omniscient else 0
+        if f_t:
+            malicious = self.byzantine_attack(
+                rows, f_t, generator=make_generator(self.seed, "byzantine", t, device=self.device)
+            )
+            if malicious.shape != (f_t, self.layout.dim):
+                raise ValueError(
+                    f"byzantine attack returned shape {tuple(malicious.shape)}, expected {(f_t, self.layout.dim)}"
+                )
+            # Rows in client-id order: honest and malicious interleaved as their ids fall.
+            order = torch.cat([ids[~byz_mask], ids[byz_mask]]).argsort()
+            rows = torch.cat([rows, malicious.to(rows.dtype)])[order.to(rows.device)]
+        with torch.no_grad():
+            x = rows
+            for k, pre in enumerate(self.preaggregators):
+                x = pre(x, generator=make_generator(self.seed, "preaggregator", k, t, device=self.device))
+            agg = self.aggregator(x)
+            if self.protocol == "fedavg":
+                self.weights = self.weights + self.server_lr * agg
+            else:
+                self.weights = self.weights - self.local.lr * self.server_lr * agg
+        return self._finish(t, len(ids), f_t, float(bytes_per_client), start)
+
+    def _finish(self, t: int, participants: int, f_t: int, nbytes: float, start: float) -> RoundRecord:
+        acc = loss = None
+        if (t + 1) % self.eval_every == 0:
+            acc, loss = evaluate(self.model, self.weights, self.data.x_test, self.data.y_test)
+        rec = RoundRecord(t, acc, loss, participants, f_t, nbytes, time.perf_counter() - start)
+        self.history.append(rec)
+        return rec
+
+    def _record_observations(self, t: int, workers: Tensor, rows: Tensor) -> None:
+        wanted = [i for i, c in enumerate(workers.tolist()) if (t, c) in self._observe and not self._is_byz[c]]
+        for i in wanted:
+            c = int(workers[i])
+            used = self._last_plan.index[i]
+            if self._last_plan.mask is not None:
+                used = used[self._last_plan.mask[i] > 0]
+            uniq = torch.unique(used.flatten()).to(self.device)
+            victim = copy.deepcopy(self.model)
+            load_flat(victim, self.weights, self.layout)
+            victim.eval()
+            grant = set(self.grant)
+            labels = self.data.y_train[uniq]
+            obs = Observation(
+                model=victim,
+                update=rows[i].detach().clone(),
+                kind="gradient" if self.protocol == "fedsgd" else "delta",
+                num_examples=len(uniq),
+                input_shape=self.data.input_shape,
+                num_classes=self.data.num_classes,
+                loss_fn=nn.CrossEntropyLoss(),
+                labels=labels.clone() if "labels" in grant else None,
+                lr=self.local.lr if "lr" in grant else None,
+                local_steps=(1 if self.protocol == "fedsgd" else self.local.steps) if "local_steps" in grant
+                else None,
+                batch_size=self.local.batch_size if "batch_size" in grant else None,
+                data_mean=tuple(self.data.mean),
+                data_std=tuple(self.data.std),
+                round=t,
+                client=c,
+            )
+            self.observations.append(
+                ObservationRecord(obs, self.data.to_pixels(self.data.x_train[uniq]), labels.clone())
+            )
+
+    def run(self, rounds: int, *, on_round: Callable[[RoundRecord], Any] | None = None) -> list[RoundRecord]:
+        """Run ``rounds`` rounds (continuing from the last one run); returns the full history."""
+        if not isinstance(rounds, int) or rounds < 1:
+            raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
+        first = len(self.history)
+        for t in range(first, first + rounds):
+            rec = self.step(t)
+            if on_round is not None:
+                on_round(rec)
+        return self.history

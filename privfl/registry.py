@@ -1,0 +1,131 @@
+"""Components by short name: ``make(kind, name, **params)`` and ``available(kind)``.
+
+One plain dict per kind. Component modules register themselves with :func:`register` when they
+are imported; the registry imports the built-in component packages on first use, so
+``privfl.available("aggregator")`` sees everything that ships with privfl.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+KINDS = (
+    "mechanism",
+    "aggregator",
+    "preaggregator",
+    "mixing",
+    "privacy_attack",
+    "label_strategy",
+    "byzantine_attack",
+    "dataset",
+    "model",
+)
+
+_REGISTRY: dict[str, dict[str, Callable[..., Any]]] = {kind: {} for kind in KINDS}
+_BUILTIN_MODULES = (
+    "privfl.data",
+    "privfl.models",
+    "privfl.defenses",
+    "privfl.mechanisms",
+    "privfl.attacks",
+)
+_loaded = False
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in _REGISTRY:
+        raise ValueError(f"unknown kind {kind!r}; valid kinds: {', '.join(KINDS)}")
+
+
+def register(kind: str, name: str) -> Callable[[F], F]:
+    """Class/function decorator: make ``factory`` available as ``make(kind, name, ...)``."""
+    _check_kind(kind)
+
+    def deco(factory: F) -> F:
+        existing = _REGISTRY[kind].get(name)
+        if existing is not None and existing is not factory:
+            same = getattr(existing, "__qualname__", None) == getattr(factory, "__qualname__", None) and (
+                getattr(existing, "__module__", None) == getattr(factory, "__module__", None)
+            )
+            if not same:
+                raise ValueError(f"{kind} {name!r} is already registered by {existing!r}")
+        _REGISTRY[kind][name] = factory
+        return factory
+
+    return deco
+
+
+def _ensure_loaded() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
+
+
+def load_plugins(modules: list[str] | tuple[str, ...]) -> None:
+    """Import user modules that register their own components (used by specs' ``imports``)."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ValueError(f"imports: cannot import plugin module {module!r}: {exc}") from exc
+
+
+def available(kind: str) -> list[str]:
+    """Sorted names registered under ``kind``."""
+    _check_kind(kind)
+    _ensure_loaded()
+    return sorted(_REGISTRY[kind])
+
+
+def get(kind: str, name: str) -> Callable[..., Any]:
+    """The factory registered as ``name`` (``ValueError`` listing valid names when unknown)."""
+    _check_kind(kind)
+    _ensure_loaded()
+    if not isinstance(name, str) or name not in _REGISTRY[kind]:
+        valid = ", ".join(sorted(_REGISTRY[kind])) or "(none registered)"
+        raise ValueError(f"unknown {kind} {name!r}; valid {kind} names: {valid}")
+    return _REGISTRY[kind][name]
+
+
+def parameters(kind: str, name: str) -> dict[str, inspect.Parameter]:
+    """The keyword parameters ``make(kind, name, ...)`` accepts."""
+    sig = inspect.signature(get(kind, name))
+    return {
+        p.name: p
+        for p in sig.parameters.values()
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
+
+
+def check_params(kind: str, name: str, params: dict[str, Any]) -> None:
+    """Raise ``ValueError`` for unknown or missing parameters, listing the valid ones."""
+    valid = parameters(kind, name)
+    unknown = sorted(set(params) - set(valid))
+    allowed = ", ".join(
+        p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}" for p in valid.values()
+    ) or "(none)"
+    if unknown:
+        raise ValueError(
+            f"unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+            f"for {kind} {name!r}; valid parameters: {allowed}"
+        )
+    missing = [n for n, p in valid.items() if p.default is inspect.Parameter.empty and n not in params]
+    if missing:
+        raise ValueError(
+            f"missing required parameter{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
+            f"for {kind} {name!r}; valid parameters: {allowed}"
+        )
+
+
+def make(kind: str, name: str, **params: Any) -> Any:
+    """Build the component registered as ``name`` under ``kind`` with keyword ``params``."""
+    check_params(kind, name, params)
+    return get(kind, name)(**params)
