@@ -11,8 +11,10 @@ from privfl.registry import register
 
 @register("aggregator", "mean")
 class Mean(Aggregator):
-    """Unweighted coordinate-wise mean of the rows. Not robust (``f`` must be 0).
+    """Unweighted coordinate-wise mean of the rows: the non-robust baseline.
 
+    ``f`` is recorded so the mean can stand in robustness tables beside the robust rules, but the
+    mean tolerates no faulty input whatever ``f`` says (its breakdown point is 0).
     Following privfl's non-finite policy, a NaN/Inf row is an error here rather than a NaN
     aggregate: the mean has no way to discard a faulty row.
     """
@@ -20,9 +22,9 @@ class Mean(Aggregator):
     name = "mean"
 
     def __init__(self, f: int = 0):
-        if not isinstance(f, int) or isinstance(f, bool) or f != 0:
-            raise ValueError(f"mean tolerates no faulty inputs: f must be 0, got {f!r}; use a robust rule")
-        self.f = 0
+        if not isinstance(f, int) or isinstance(f, bool) or f < 0:
+            raise ValueError(f"f must be an int >= 0, got {f!r}")
+        self.f = f
 
     def __call__(self, updates: Tensor) -> Tensor:
         check_updates(updates)

@@ -1,0 +1,359 @@
+"""A :class:`Scenario` names everything one federated experiment needs; :func:`run` executes it.
+
+Every field is plain data (names from the registry plus their parameters), so a scenario is a
+row of a YAML spec, a cell of an evaluation grid and a key in the results store. In Python::
+
+    from privfl.evaluations import Scenario, run
+    result = run(Scenario(model="convnet", rounds=10), seed=0)
+    result["summary"]["final_accuracy"]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from privfl import registry
+from privfl.fl.local import LocalSGD
+from privfl.fl.partition import PARTITIONS, partition
+from privfl.fl.simulation import FederatedSimulation, RoundRecord
+from privfl.seeding import derive_seed, make_generator
+
+__all__ = ["Scenario", "SpecError", "run", "resolve_device", "cell_id"]
+
+
+class SpecError(ValueError):
+    """Bad input in a scenario or spec: which field, what it got, what is allowed."""
+
+
+@dataclass
+class Scenario:
+    """One federated experiment. Component fields are registry names; ``*_params`` their keywords.
+
+    Defaults are the bundled evaluation's: FedAvg on ``digits``, 20 clients, Dirichlet α = 0.5.
+    ``byzantine`` Byzantine clients (ids drawn from the seed) run ``byzantine_attack``; robust
+    aggregators and pre-aggregators get ``f = byzantine`` unless their params say otherwise.
+    ``device``: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    """
+
+    label: str = ""
+    dataset: str = "digits"
+    dataset_params: dict[str, Any] = field(default_factory=dict)
+    partition: str = "dirichlet"
+    partition_params: dict[str, Any] = field(default_factory=lambda: {"alpha": 0.5})
+    num_clients: int = 20
+    model: str = "mlp"
+    model_params: dict[str, Any] = field(default_factory=dict)
+    protocol: str = "fedavg"
+    rounds: int = 30
+    local_steps: int = 10
+    batch_size: int | None = 16
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    server_lr: float = 1.0
+    worker_momentum: float = 0.0
+    sample_rate: float = 1.0
+    sampling: str = "uniform"
+    mechanism: str | None = None
+    mechanism_params: dict[str, Any] = field(default_factory=dict)
+    aggregator: str = "mean"
+    aggregator_params: dict[str, Any] = field(default_factory=dict)
+    preaggregators: list[dict[str, Any]] = field(default_factory=list)
+    byzantine: int = 0
+    byzantine_attack: str | None = None
+    byzantine_attack_params: dict[str, Any] = field(default_factory=dict)
+    eval_every: int = 1
+    device: str = "cpu"
+    parallel: str = "auto"
+    client_chunk: int | None = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def fields(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, where: str = "scenario") -> Scenario:
+        """Build from a mapping, rejecting unknown fields and wrong types with a clear message."""
+        if not isinstance(data, dict):
+            raise SpecError(f"{where}: expected a mapping of scenario fields, got {type(data).__name__}")
+        valid = cls.fields()
+        unknown = sorted(set(data) - set(valid))
+        if unknown:
+            raise SpecError(
+                f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; valid fields: {', '.join(valid)}"
+            )
+        scenario = cls(**{k: _copy(v) for k, v in data.items()})
+        scenario.check_types(where)
+        return scenario
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> Scenario:
+        return Scenario.from_dict({**self.to_dict(), **changes})
+
+    # ------------------------------------------------------------------ validation
+    def check_types(self, where: str = "scenario") -> None:
+        hints = {f.name: f.type for f in dataclasses.fields(self)}
+        for name, hint in hints.items():
+            value = getattr(self, name)
+            hint = str(hint)
+            optional = "None" in hint
+            if value is None:
+                if not optional:
+                    raise SpecError(f"{where}.{name}: got null; expected {hint}")
+                continue
+            if hint.startswith("dict") and not isinstance(value, dict):
+                raise SpecError(f"{where}.{name}: expected a mapping of parameters, got {value!r}")
+            if hint.startswith("list") and not isinstance(value, list):
+                raise SpecError(f"{where}.{name}: expected a list, got {value!r}")
+            if hint.startswith("str") and not isinstance(value, str):
+                raise SpecError(f"{where}.{name}: expected a string, got {value!r}")
+            if hint.startswith("int") and (not isinstance(value, int) or isinstance(value, bool)):
+                raise SpecError(f"{where}.{name}: expected an integer, got {value!r}")
+            if hint == "float" and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+                raise SpecError(f"{where}.{name}: expected a number, got {value!r}")
+
+    def validate(self, where: str = "scenario") -> None:
+        """Check every field and build the cheap components once, so bad input fails before running."""
+        self.check_types(where)
+
+        def bad(name: str, allowed: str) -> SpecError:
+            return SpecError(f"{where}.{name}: got {getattr(self, name)!r}; allowed: {allowed}")
+
+        if self.rounds < 1:
+            raise bad("rounds", "an integer >= 1")
+        if self.num_clients < 1:
+            raise bad("num_clients", "an integer >= 1")
+        if self.local_steps < 1:
+            raise bad("local_steps", "an integer >= 1")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise bad("batch_size", "an integer >= 1, or null for the full local batch")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise bad("lr", "a finite number > 0")
+        if not (0 <= self.momentum < 1):
+            raise bad("momentum", "a number in [0, 1)")
+        if not (0 <= self.worker_momentum < 1):
+            raise bad("worker_momentum", "a number in [0, 1)")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise bad("weight_decay", "a finite number >= 0")
+        if not (math.isfinite(self.server_lr) and self.server_lr > 0):
+            raise bad("server_lr", "a finite number > 0")
+        if not (0 < self.sample_rate <= 1):
+            raise bad("sample_rate", "a number in (0, 1]")
+        if self.protocol not in ("fedavg", "fedsgd"):
+            raise bad("protocol", "'fedavg' or 'fedsgd'")
+        if self.sampling not in ("uniform", "poisson"):
+            raise bad("sampling", "'uniform' or 'poisson'")
+        if self.parallel not in ("auto", "vmap", "loop"):
+            raise bad("parallel", "'auto', 'vmap' or 'loop'")
+        if self.eval_every < 1:
+            raise bad("eval_every", "an integer >= 1")
+        if self.client_chunk is not None and self.client_chunk < 1:
+            raise bad("client_chunk", "an integer >= 1, or null")
+        if not (0 <= self.byzantine < self.num_clients):
+            raise bad("byzantine", f"an integer in [0, num_clients={self.num_clients})")
+        if self.byzantine and not self.byzantine_attack:
+            raise SpecError(
+                f"{where}.byzantine_attack: byzantine={self.byzantine} needs an attack name; "
+                f"allowed: {', '.join(registry.available('byzantine_attack')) or '(none registered)'}"
+            )
+        try:
+            resolve_device(self.device)
+        except ValueError as exc:
+            raise SpecError(f"{where}.device: {exc}") from None
+        if self.partition not in PARTITIONS:
+            raise bad("partition", ", ".join(sorted(PARTITIONS)))
+        self._check_component("dataset", "dataset", self.dataset, self.dataset_params, where)
+        self._check_component(
+            "model", "model", self.model, self.model_params, where, skip=("input_shape", "num_classes")
+        )
+        try:
+            self.build_components(seed=0)
+        except SpecError:
+            raise
+        except (ValueError, TypeError) as exc:
+            raise SpecError(f"{where}: {exc}") from None
+
+    @staticmethod
+    def _check_component(
+        kind: str, fname: str, name: str, params: dict, where: str, skip: tuple[str, ...] = ()
+    ) -> None:
+        try:
+            registry.get(kind, name)
+            full = dict(params)
+            for s in skip:
+                full.setdefault(s, None)
+            registry.check_params(kind, name, full)
+        except ValueError as exc:
+            raise SpecError(f"{where}.{fname}: {exc}") from None
+
+    def _with_f(self, kind: str, name: str, params: dict[str, Any]) -> dict[str, Any]:
+        params = dict(params)
+        if "f" in registry.parameters(kind, name) and "f" not in params:
+            params["f"] = self.byzantine
+        return params
+
+    def preaggregator_specs(self) -> list[tuple[str, dict[str, Any]]]:
+        out = []
+        for i, item in enumerate(self.preaggregators):
+            if isinstance(item, str):
+                out.append((item, {}))
+            elif isinstance(item, dict) and set(item) <= {"name", "params"} and isinstance(item.get("name"), str):
+                out.append((item["name"], dict(item.get("params") or {})))
+            else:
+                raise SpecError(f"preaggregators[{i}]: expected a name or {{name: ..., params: {{...}}}}, got {item!r}")
+        return out
+
+    def build_components(self, seed: int) -> dict[str, Any]:
+        """Aggregator, pre-aggregators, mechanism and Byzantine attack built from their names."""
+        out: dict[str, Any] = {}
+        out["aggregator"] = registry.make(
+            "aggregator", self.aggregator, **self._with_f("aggregator", self.aggregator, self.aggregator_params)
+        )
+        out["preaggregators"] = [
+            registry.make("preaggregator", n, **self._with_f("preaggregator", n, p))
+            for n, p in self.preaggregator_specs()
+        ]
+        out["mechanism"] = (
+            registry.make("mechanism", self.mechanism, **self.mechanism_params) if self.mechanism else None
+        )
+        out["byzantine_attack"] = (
+            registry.make("byzantine_attack", self.byzantine_attack, **self.byzantine_attack_params)
+            if self.byzantine_attack
+            else None
+        )
+        return out
+
+
+def _copy(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` → CUDA when available else CPU; ``"cuda"``/``"cuda:N"`` must exist."""
+    if not isinstance(device, str):
+        raise ValueError(f"device must be a string ('auto', 'cpu', 'cuda', 'cuda:N'), got {device!r}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"got {device!r}; allowed: 'auto', 'cpu', 'cuda', 'cuda:N'") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"got {device!r} but torch.cuda.is_available() is False; allowed here: 'auto', 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"got {device!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
+    elif dev.type != "cpu":
+        raise ValueError(f"got {device!r}; allowed: 'auto', 'cpu', 'cuda', 'cuda:N'")
+    return dev
+
+
+def cell_id(scenario: Scenario, seed: int) -> str:
+    """Stable identity of a (scenario, seed) cell: a hash of its canonical JSON."""
+    text = json.dumps({"scenario": scenario.to_dict(), "seed": seed}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+_DATASET_CACHE: dict[str, Any] = {}
+
+
+def _load_dataset(name: str, params: dict[str, Any]):
+    key = json.dumps([name, params], sort_keys=True)
+    if key not in _DATASET_CACHE:
+        _DATASET_CACHE.clear()  # keep one dataset per worker process
+        _DATASET_CACHE[key] = registry.make("dataset", name, **params)
+    return _DATASET_CACHE[key]
+
+
+def build_simulation(scenario: Scenario, seed: int) -> FederatedSimulation:
+    """Everything a scenario names, built deterministically from ``seed``."""
+    device = resolve_device(scenario.device)
+    data = _load_dataset(scenario.dataset, scenario.dataset_params)
+    clients = partition(
+        scenario.partition,
+        data.y_train,
+        scenario.num_clients,
+        generator=make_generator(seed, "partition"),
+        **scenario.partition_params,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, "model"))
+        model = registry.make(
+            "model", scenario.model, input_shape=data.input_shape, num_classes=data.num_classes, **scenario.model_params
+        )
+    byz_ids: list[int] = []
+    if scenario.byzantine:
+        perm = torch.randperm(scenario.num_clients, generator=make_generator(seed, "byzantine-ids"))
+        byz_ids = sorted(perm[: scenario.byzantine].tolist())
+    parts = scenario.build_components(seed)
+    return FederatedSimulation(
+        model=model,
+        dataset=data,
+        clients=clients,
+        protocol=scenario.protocol,  # type: ignore[arg-type]
+        local=LocalSGD(
+            steps=scenario.local_steps,
+            batch_size=scenario.batch_size,
+            lr=scenario.lr,
+            momentum=scenario.momentum,
+            weight_decay=scenario.weight_decay,
+        ),
+        server_lr=scenario.server_lr,
+        worker_momentum=scenario.worker_momentum,
+        sample_rate=scenario.sample_rate,
+        sampling=scenario.sampling,  # type: ignore[arg-type]
+        mechanism=parts["mechanism"],
+        aggregator=parts["aggregator"],
+        preaggregators=parts["preaggregators"],
+        byzantine_clients=byz_ids,
+        byzantine_attack=parts["byzantine_attack"],
+        parallel=scenario.parallel,  # type: ignore[arg-type]
+        client_chunk=scenario.client_chunk,
+        eval_every=scenario.eval_every,
+        seed=derive_seed(seed, "simulation"),
+        device=device,
+    )
+
+
+def run(scenario: Scenario, seed: int, *, on_round: Callable[[RoundRecord], Any] | None = None) -> dict[str, Any]:
+    """Run one cell. Returns ``{"summary": {...scalars}, "series": {...per-round lists}}``."""
+    if not isinstance(scenario, Scenario):
+        raise TypeError(f"scenario must be a Scenario, got {type(scenario).__name__}")
+    start = time.perf_counter()
+    sim = build_simulation(scenario, seed)
+    history = sim.run(scenario.rounds, on_round=on_round)
+    evaluated = [r for r in history if r.accuracy is not None]
+    final = evaluated[-1] if evaluated else None
+    active = [r for r in history if r.participants]
+    summary = {
+        "final_accuracy": final.accuracy if final else None,
+        "final_loss": final.loss if final else None,
+        "best_accuracy": max(r.accuracy for r in evaluated) if evaluated else None,
+        "wall_time_s": time.perf_counter() - start,
+        "bytes_per_client_round": (sum(r.bytes_per_client for r in active) / len(active)) if active else 0.0,
+        "mean_participants": (sum(r.participants for r in history) / len(history)),
+        "num_params": sim.layout.dim,
+        "device": str(sim.device),
+        "parallel": "vmap" if sim._use_vmap else "loop",
+    }
+    series = {
+        "round": [r.round + 1 for r in history],
+        "accuracy": [r.accuracy for r in history],
+        "loss": [r.loss for r in history],
+        "participants": [r.participants for r in history],
+        "byzantine": [r.byzantine for r in history],
+        "seconds": [r.seconds for r in history],
+    }
+    return {"summary": summary, "series": series}

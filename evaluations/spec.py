@@ -1,0 +1,186 @@
+"""Evaluation specs: a YAML file = base scenario + grid axes × seeds → cells.
+
+Format (every key but ``base`` optional)::
+
+    name: default                 # names the run directory
+    description: one line shown in the report
+    imports: [my_package.plugins] # modules that register user components (imported in every worker)
+    base: {dataset: digits, model: mlp, rounds: 30}      # Scenario fields
+    grid:                         # a mapping of axes (cartesian product) or a list of them (union)
+      model: [mlp, convnet]
+      partition_params.alpha: [0.1, 1.0]                 # dotted keys reach into *_params
+    seeds: [0, 1]                 # or an integer n meaning [0, ..., n-1]
+
+Specs are read with ``yaml.safe_load`` only: a spec is data, never code.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from privfl.evaluations.scenario import Scenario, SpecError, cell_id
+
+from privfl import registry
+
+__all__ = ["Spec", "Cell", "load_spec", "bundled_specs", "parse_spec"]
+
+SPEC_KEYS = ("name", "description", "imports", "base", "grid", "seeds")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (scenario, seed) pair of a spec, with its stable id and display label."""
+
+    id: str
+    label: str
+    seed: int
+    scenario: Scenario
+
+
+@dataclass
+class Spec:
+    name: str
+    base: Scenario
+    grid: list[dict[str, list[Any]]]
+    seeds: list[int]
+    description: str = ""
+    imports: list[str] = field(default_factory=list)
+
+    def cells(self) -> list[Cell]:
+        """All cells in a deterministic order; duplicates (same scenario and seed) appear once."""
+        out: dict[str, Cell] = {}
+        base = self.base.to_dict()
+        for block in self.grid or [{}]:
+            axes = list(block)
+            for values in itertools.product(*(block[a] for a in axes)):
+                data = copy.deepcopy(base)
+                for axis, value in zip(axes, values):
+                    _set_dotted(data, axis, value)
+                scenario = Scenario.from_dict(data, where=f"spec {self.name!r}")
+                label = scenario.label or ", ".join(f"{a}={_short(v)}" for a, v in zip(axes, values)) or self.name
+                for seed in self.seeds:
+                    cid = cell_id(scenario, seed)
+                    out.setdefault(cid, Cell(cid, label, seed, scenario))
+        return list(out.values())
+
+    def validate(self) -> list[Cell]:
+        """Validate every distinct scenario (bad input fails here, before anything runs)."""
+        registry.load_plugins(self.imports)
+        cells = self.cells()
+        seen: set[str] = set()
+        for cell in cells:
+            key = cell_id(cell.scenario, 0)
+            if key not in seen:
+                seen.add(key)
+                cell.scenario.validate(where=f"cell [{cell.label}]")
+        return cells
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, (list, dict)):
+        return yaml.safe_dump(value, default_flow_style=True).strip()
+    return str(value)
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    head, _, rest = key.partition(".")
+    if head not in data:
+        raise SpecError(
+            f"grid axis {key!r}: unknown scenario field {head!r}; valid fields: {', '.join(Scenario.fields())}"
+        )
+    if not rest:
+        data[head] = copy.deepcopy(value)
+        return
+    if not isinstance(data[head], dict):
+        raise SpecError(f"grid axis {key!r}: field {head!r} is not a mapping of parameters")
+    node = data[head]
+    parts = rest.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise SpecError(f"grid axis {key!r}: {p!r} is not a mapping")
+    node[parts[-1]] = copy.deepcopy(value)
+
+
+def parse_spec(raw: Any, *, default_name: str = "spec") -> Spec:
+    """A :class:`Spec` from already-parsed YAML data, with clear errors for every field."""
+    if not isinstance(raw, dict):
+        raise SpecError(f"spec: expected a mapping with keys {', '.join(SPEC_KEYS)}, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(SPEC_KEYS))
+    if unknown:
+        raise SpecError(f"spec: unknown key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(SPEC_KEYS)}")
+    name = raw.get("name", default_name)
+    if not isinstance(name, str) or not name or any(c in name for c in "/\\") or name.startswith("."):
+        raise SpecError(f"spec.name: got {name!r}; allowed: a non-empty string without path separators")
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        raise SpecError(f"spec.description: expected a string, got {description!r}")
+    imports = raw.get("imports", []) or []
+    if not isinstance(imports, list) or not all(isinstance(m, str) for m in imports):
+        raise SpecError(f"spec.imports: expected a list of module names, got {imports!r}")
+    base = Scenario.from_dict(raw.get("base", {}) or {}, where="spec.base")
+    grid_raw = raw.get("grid", []) or []
+    blocks = grid_raw if isinstance(grid_raw, list) else [grid_raw]
+    grid: list[dict[str, list[Any]]] = []
+    for i, block in enumerate(blocks):
+        if not isinstance(block, dict):
+            raise SpecError(f"spec.grid[{i}]: expected a mapping of axis -> list of values, got {block!r}")
+        axes: dict[str, list[Any]] = {}
+        for axis, values in block.items():
+            if not isinstance(axis, str):
+                raise SpecError(f"spec.grid[{i}]: axis names must be strings, got {axis!r}")
+            values = values if isinstance(values, list) else [values]
+            if not values:
+                raise SpecError(f"spec.grid[{i}].{axis}: empty list of values")
+            axes[axis] = values
+        grid.append(axes)
+    seeds_raw = raw.get("seeds", [0])
+    if isinstance(seeds_raw, int) and not isinstance(seeds_raw, bool):
+        if seeds_raw < 1:
+            raise SpecError(f"spec.seeds: got {seeds_raw}; allowed: an integer >= 1 or a list of integers")
+        seeds = list(range(seeds_raw))
+    elif (
+        isinstance(seeds_raw, list)
+        and seeds_raw
+        and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds_raw)
+    ):
+        seeds = list(dict.fromkeys(seeds_raw))
+    else:
+        raise SpecError(f"spec.seeds: got {seeds_raw!r}; allowed: an integer >= 1 or a non-empty list of integers >= 0")
+    spec = Spec(name=name, base=base, grid=grid, seeds=seeds, description=description, imports=imports)
+    spec.cells()  # dotted axes and field names checked now
+    return spec
+
+
+def bundled_specs() -> dict[str, Path]:
+    """Specs shipped with privfl, by name (``privfl run NAME``)."""
+    folder = resources.files("privfl.evaluations") / "specs"
+    return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if str(p).endswith(".yaml")}
+
+
+def load_spec(spec: str | Path | None) -> Spec:
+    """A spec from a path or a bundled name; ``None`` is the bundled ``default``."""
+    bundled = bundled_specs()
+    if spec is None:
+        path = bundled["default"]
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            if str(spec) in bundled:
+                path = bundled[str(spec)]
+            else:
+                names = ", ".join(sorted(bundled))
+                raise SpecError(f"SPEC: {str(spec)!r} is neither a file nor a bundled spec; bundled specs: {names}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SpecError(f"SPEC {str(path)!r}: not valid YAML: {exc}") from None
+    except OSError as exc:
+        raise SpecError(f"SPEC {str(path)!r}: cannot read: {exc}") from None
+    return parse_spec(raw, default_name=path.stem)

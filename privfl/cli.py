@@ -1,0 +1,128 @@
+"""The ``privfl`` command line.
+
+``privfl run [SPEC] [--out DIR] [--workers N] [--device D]``  run (or resume) an evaluation;
+no SPEC runs the bundled default. ``privfl report RUN_DIR`` rewrites the tables and plots.
+``privfl list [KIND]`` shows the registered components.
+
+Exit codes: 0 success; 2 bad input (the reason on stderr: which field, what it got, what is
+allowed); 1 an internal error or a failed cell (recorded in the run's report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+import traceback
+from pathlib import Path
+
+from privfl import registry
+
+EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits 2 on bad usage, as we want
+        self.print_usage(sys.stderr)
+        print(f"privfl: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--workers: got {text!r}; allowed: an integer >= 0") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"--workers: got {value}; allowed: an integer >= 0 (0 = in this process)")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="privfl", description="Privacy and robustness evaluations for federated learning.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p_run = sub.add_parser("run", help="run or resume an evaluation spec (default: the bundled evaluation)")
+    p_run.add_argument("spec", nargs="?", help="a YAML spec file or a bundled spec name (default: 'default')")
+    p_run.add_argument("--out", type=Path, help="run directory (default: results/<spec name>)")
+    p_run.add_argument("--workers", type=_workers, help="worker processes (default: number of cores; 0 = in-process)")
+    p_run.add_argument("--device", help="override every cell's device: auto, cpu, cuda or cuda:N")
+    p_run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p_report = sub.add_parser("report", help="write results.md, results.csv and plots for a run directory")
+    p_report.add_argument("run_dir", type=Path)
+    p_list = sub.add_parser("list", help="list registered components")
+    p_list.add_argument("kind", nargs="?", help=f"one of: {', '.join(registry.KINDS)}")
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from privfl.evaluations.runner import run_spec
+    from privfl.evaluations.scenario import SpecError, resolve_device
+    from privfl.evaluations.spec import load_spec
+
+    spec = load_spec(args.spec)
+    if args.device is not None:
+        try:
+            resolve_device(args.device)
+        except ValueError as exc:
+            raise SpecError(f"--device: {exc}") from None
+        spec.base = spec.base.replace(device=args.device)
+        for block in spec.grid:
+            block.pop("device", None)
+    out = args.out if args.out is not None else Path("results") / spec.name
+    summary = run_spec(spec, out, workers=args.workers, progress=not args.no_progress)
+    print(
+        f"{spec.name}: {summary.total} cells — {summary.skipped} already done, {summary.done} ran, "
+        f"{summary.failed} failed. Report: {summary.run_dir / 'results.md'}"
+    )
+    if summary.failed:
+        print(f"privfl: {summary.failed} cell(s) failed; see {summary.run_dir / 'results.md'}; "
+              "re-run the same command to retry them", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from privfl.evaluations.report import write_report
+
+    paths = write_report(args.run_dir)
+    for p in paths.values():
+        print(p)
+    return EXIT_OK
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    kinds = [args.kind] if args.kind else list(registry.KINDS)
+    for kind in kinds:
+        names = registry.available(kind)
+        print(f"{kind}:")
+        for name in names:
+            params = ", ".join(
+                p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}"
+                for p in registry.parameters(kind, name).values()
+            )
+            print(f"  {name}({params})")
+        if not names:
+            print("  (none yet)")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = {"run": _cmd_run, "report": _cmd_report, "list": _cmd_list}[args.command]
+    try:
+        return handler(args)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"privfl {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("privfl: interrupted; finished cells are saved — re-run the same command to resume", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        print("privfl: internal error (the traceback above); please report it", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
