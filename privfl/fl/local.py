@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -64,18 +64,34 @@ class BatchPlan:
 
 
 def plan_batches(
-    clients: list[Tensor], opt: LocalSGD, *, generator: torch.Generator
+    clients: list[Tensor],
+    opt: LocalSGD,
+    *,
+    generator: torch.Generator | Sequence[torch.Generator],
+    distinct: bool = False,
 ) -> BatchPlan:
     """Minibatches for K local steps of every client, drawn without replacement per epoch.
 
     Each client walks through fresh random permutations of its local data (epoch-style
     shuffling); a batch may straddle two epochs. With ``batch_size=None`` every step uses the
-    client's whole local dataset.
+    client's whole local dataset. With ``distinct`` (FedSGD's single batch) a client with fewer
+    samples than ``batch_size`` uses each of its samples once (the rest of the row is padding)
+    instead of wrapping around.
+
+    ``generator`` may be one generator per client: then a client's batches depend only on its own
+    generator, not on which other clients take part in the round (paired comparisons between
+    runs stay paired).
     """
     m = len(clients)
     sizes = torch.tensor([len(c) for c in clients], dtype=torch.int64)
     if bool((sizes == 0).any()):
         raise ValueError("every participating client needs at least one sample")
+    if isinstance(generator, torch.Generator):
+        generators = None
+    else:
+        generators = list(generator)
+        if len(generators) != m:
+            raise ValueError(f"got {len(generators)} generators for {m} clients; pass one per client or one in all")
     n_max = int(sizes.max())
     padded = torch.zeros(m, n_max, dtype=torch.int64)
     for i, c in enumerate(clients):  # one copy per client at setup, not in the training loop
@@ -86,15 +102,24 @@ def plan_batches(
         local = torch.arange(n_max).expand(m, K, n_max)
         mask = valid.unsqueeze(1).expand(m, K, n_max).to(torch.float32)
         index = torch.gather(padded, 1, (local * valid.unsqueeze(1)).reshape(m, -1)).view(m, K, n_max)
-        all_real = bool(valid.all())
-        return BatchPlan(index=index, mask=None if all_real else mask)
+        return BatchPlan(index=index, mask=None if bool(valid.all()) else mask)
     B = opt.batch_size
+    if distinct and K != 1:
+        raise ValueError(f"distinct batches are for a single step (FedSGD), got {K} local steps")
     total = K * B
     epochs = -(-total // int(sizes.min()))
-    keys = torch.rand(epochs, m, n_max, generator=generator)
+    if generators is None:
+        keys = torch.rand(epochs, m, n_max, generator=generator)
+    else:
+        keys = torch.stack([torch.rand(epochs, n_max, generator=g) for g in generators], dim=1)
     keys = keys.masked_fill(~valid.unsqueeze(0), 2.0)
     perms = keys.argsort(dim=-1)  # valid local positions first, in random order
     pos = torch.arange(total).unsqueeze(0)  # [1, K*B]
+    if distinct and int(sizes.min()) < B:
+        real = pos < sizes.unsqueeze(1)  # [m, B]: each sample at most once
+        local = perms[0].gather(1, torch.where(real, pos, 0).expand(m, B))
+        index = torch.gather(padded, 1, local).view(m, 1, B)
+        return BatchPlan(index=index, mask=real.to(torch.float32).view(m, 1, B))
     epoch = pos // sizes.unsqueeze(1)
     offset = pos % sizes.unsqueeze(1)
     rows = torch.arange(m).unsqueeze(1).expand(m, total)

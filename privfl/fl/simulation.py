@@ -58,7 +58,10 @@ GRANTABLE = Observation.GRANTABLE
 
 @dataclass
 class RoundRecord:
-    """Metrics of one round (accuracy/loss of the global model on the test split after it)."""
+    """Metrics of one round (accuracy/loss of the global model on the test split after it).
+
+    ``byzantine`` counts the round's Byzantine participants (model and data poisoners alike).
+    """
 
     round: int
     accuracy: float | None
@@ -213,8 +216,12 @@ class FederatedSimulation:
         opt = self.local
         if self.protocol == "fedsgd":
             opt = LocalSGD(steps=1, batch_size=opt.batch_size, lr=opt.lr)
+        ids_list = [int(c) for c in ids]
         plan = plan_batches(
-            [self.clients[int(c)] for c in ids], opt, generator=make_generator(self.seed, "batches", t)
+            [self.clients[c] for c in ids_list],
+            opt,
+            generator=[make_generator(self.seed, "batches", t, c) for c in ids_list],
+            distinct=self.protocol == "fedsgd",
         )
         self._last_plan = plan
         gradient_only = self.protocol == "fedsgd"
@@ -303,7 +310,8 @@ class FederatedSimulation:
                 self.weights = self.weights + self.server_lr * agg
             else:
                 self.weights = self.weights - self.local.lr * self.server_lr * agg
-        return self._finish(t, len(ids), f_t, float(bytes_per_client), start)
+        # Every Byzantine participant counts, data poisoners included (they send no attack rows).
+        return self._finish(t, len(ids), int(byz_mask.sum()), float(bytes_per_client), start)
 
     def _finish(self, t: int, participants: int, f_t: int, nbytes: float, start: float) -> RoundRecord:
         acc = loss = None
