@@ -16,7 +16,19 @@ from typing import Any
 
 from privfl.evaluations.store import DB_NAME, CellRow, Store
 
-__all__ = ["write_report", "varying_fields"]
+__all__ = ["write_report", "varying_fields", "register_plot", "PLOTS"]
+
+# Extra plots contributed by other harness modules: ``fn(run_dir, rows) -> list[Path]`` (rows of
+# all cells; a plot skips itself when the run has nothing for it).
+PLOTS: dict[str, Any] = {}
+
+
+def register_plot(name: str):
+    def deco(fn):
+        PLOTS[name] = fn
+        return fn
+
+    return deco
 
 SUMMARY_ORDER = ("final_accuracy", "best_accuracy", "final_loss", "wall_time_s", "bytes_per_client_round")
 
@@ -85,6 +97,12 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
                         *[summary.get(c) for c in columns], err])
     _write_markdown(paths["md"], spec, rows, columns)
     _plot_accuracy(paths["accuracy"], rows, spec.get("name", run_dir.name))
+    from privfl.evaluations.scenario import load_extensions
+
+    load_extensions()  # modules that register plots
+    for name, plot in PLOTS.items():
+        for i, extra in enumerate(plot(run_dir, rows) or []):
+            paths[f"{name}{i or ''}"] = Path(extra)
     return paths
 
 

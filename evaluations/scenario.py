@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import json
 import math
 import time
@@ -27,7 +28,17 @@ from privfl.fl.partition import PARTITIONS, partition
 from privfl.fl.simulation import FederatedSimulation, RoundRecord
 from privfl.seeding import derive_seed, make_generator
 
-__all__ = ["Scenario", "SpecError", "run", "resolve_device", "cell_id"]
+__all__ = [
+    "Scenario",
+    "SpecError",
+    "run",
+    "run_federated",
+    "resolve_device",
+    "cell_id",
+    "register_mode",
+    "register_extension",
+    "Extension",
+]
 
 
 class SpecError(ValueError):
@@ -75,6 +86,13 @@ class Scenario:
     device: str = "cpu"
     parallel: str = "auto"
     client_chunk: int | None = None
+    # ``mode`` picks the runner: "federated" (server-based FL, this module); other modes
+    # (decentralized learning, federated analytics) register their own with ``register_mode``.
+    mode: str = "federated"
+    # --- decentralized learning (MoNNA) fields ---
+    # --- privacy accounting fields ---
+    # --- privacy attack (curious server) fields ---
+    # --- federated analytics (LDP frequency estimation) fields ---
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -125,11 +143,30 @@ class Scenario:
                 raise SpecError(f"{where}.{name}: expected a number, got {value!r}")
 
     def validate(self, where: str = "scenario") -> None:
-        """Check every field and build the cheap components once, so bad input fails before running."""
+        """Check every field and build the cheap components once, so bad input fails before running.
+
+        Common checks, then the mode's own validator (the federated mode's is :meth:`validate_federated`).
+        """
         self.check_types(where)
+        try:
+            resolve_device(self.device)
+        except ValueError as exc:
+            raise SpecError(f"{where}.device: {exc}") from None
+        load_extensions()
+        if self.mode not in MODES:
+            raise SpecError(f"{where}.mode: got {self.mode!r}; allowed: {', '.join(sorted(MODES))}")
+        validator = MODE_VALIDATORS.get(self.mode)
+        if validator is not None:
+            validator(self, where)
+
+    def _bad(self, where: str, name: str, allowed: str) -> SpecError:
+        return SpecError(f"{where}.{name}: got {getattr(self, name)!r}; allowed: {allowed}")
+
+    def validate_federated(self, where: str = "scenario") -> None:
+        """The federated mode's fields: training settings, registry names and parameters, extensions."""
 
         def bad(name: str, allowed: str) -> SpecError:
-            return SpecError(f"{where}.{name}: got {getattr(self, name)!r}; allowed: {allowed}")
+            return self._bad(where, name, allowed)
 
         if self.rounds < 1:
             raise bad("rounds", "an integer >= 1")
@@ -168,16 +205,15 @@ class Scenario:
                 f"{where}.byzantine_attack: byzantine={self.byzantine} needs an attack name; "
                 f"allowed: {', '.join(registry.available('byzantine_attack')) or '(none registered)'}"
             )
-        try:
-            resolve_device(self.device)
-        except ValueError as exc:
-            raise SpecError(f"{where}.device: {exc}") from None
         if self.partition not in PARTITIONS:
             raise bad("partition", ", ".join(sorted(PARTITIONS)))
         self._check_component("dataset", "dataset", self.dataset, self.dataset_params, where)
         self._check_component(
             "model", "model", self.model, self.model_params, where, skip=("input_shape", "num_classes")
         )
+        for ext in EXTENSIONS.values():
+            if ext.validate is not None:
+                ext.validate(self, where)
         try:
             self.build_components(seed=0)
         except SpecError:
@@ -298,7 +334,7 @@ def build_simulation(scenario: Scenario, seed: int) -> FederatedSimulation:
         perm = torch.randperm(scenario.num_clients, generator=make_generator(seed, "byzantine-ids"))
         byz_ids = sorted(perm[: scenario.byzantine].tolist())
     parts = scenario.build_components(seed)
-    return FederatedSimulation(
+    kwargs: dict[str, Any] = dict(
         model=model,
         dataset=data,
         clients=clients,
@@ -325,12 +361,88 @@ def build_simulation(scenario: Scenario, seed: int) -> FederatedSimulation:
         seed=derive_seed(seed, "simulation"),
         device=device,
     )
+    load_extensions()
+    for ext in EXTENSIONS.values():
+        if ext.configure is not None:
+            ext.configure(scenario, seed, kwargs)
+    return FederatedSimulation(**kwargs)
 
 
-def run(scenario: Scenario, seed: int, *, on_round: Callable[[RoundRecord], Any] | None = None) -> dict[str, Any]:
+# --------------------------------------------------------------------------------------------
+# Modes and extensions
+# --------------------------------------------------------------------------------------------
+RunFn = Callable[..., dict[str, Any]]
+MODES: dict[str, RunFn] = {}
+MODE_VALIDATORS: dict[str, Callable[[Scenario, str], None]] = {}
+
+
+def register_mode(name: str, *, validate: Callable[[Scenario, str], None] | None = None) -> Callable[[RunFn], RunFn]:
+    """Register ``fn(scenario, seed, *, on_round) -> {"summary", "series"}`` as ``Scenario.mode``.
+
+    ``validate(scenario, where)`` checks the mode's fields before anything runs (raise
+    :class:`SpecError` naming the field, the value and what is allowed). ``on_round`` is called
+    once per round/collection for the progress bar.
+    """
+
+    def deco(fn: RunFn) -> RunFn:
+        MODES[name] = fn
+        if validate is not None:
+            MODE_VALIDATORS[name] = validate
+        return fn
+
+    return deco
+
+
+@dataclass
+class Extension:
+    """Optional steps of the federated mode, contributed by other modules of the harness.
+
+    ``validate(scenario, where)`` raises :class:`SpecError` for its own fields;
+    ``configure(scenario, seed, kwargs)`` edits the :class:`FederatedSimulation` keyword arguments
+    before it is built (e.g. which client-rounds a curious server observes);
+    ``finish(scenario, seed, sim, summary, series)`` adds its figures to the result.
+    """
+
+    name: str
+    validate: Callable[[Scenario, str], None] | None = None
+    configure: Callable[[Scenario, int, dict[str, Any]], None] | None = None
+    finish: Callable[..., None] | None = None
+
+
+EXTENSIONS: dict[str, Extension] = {}
+# Modules that register modes or extensions when imported (each adds itself here).
+EXTENSION_MODULES: list[str] = []
+_extensions_loaded = False
+
+
+def register_extension(ext: Extension) -> Extension:
+    EXTENSIONS[ext.name] = ext
+    return ext
+
+
+def load_extensions() -> None:
+    global _extensions_loaded
+    if not _extensions_loaded:
+        _extensions_loaded = True
+        for module in EXTENSION_MODULES:
+            importlib.import_module(module)
+
+
+def run(scenario: Scenario, seed: int, *, on_round: Callable[[Any], Any] | None = None) -> dict[str, Any]:
     """Run one cell. Returns ``{"summary": {...scalars}, "series": {...per-round lists}}``."""
     if not isinstance(scenario, Scenario):
         raise TypeError(f"scenario must be a Scenario, got {type(scenario).__name__}")
+    load_extensions()
+    if scenario.mode not in MODES:
+        raise SpecError(f"scenario.mode: got {scenario.mode!r}; allowed: {', '.join(sorted(MODES))}")
+    return MODES[scenario.mode](scenario, seed, on_round=on_round)
+
+
+@register_mode("federated", validate=Scenario.validate_federated)
+def run_federated(
+    scenario: Scenario, seed: int, *, on_round: Callable[[RoundRecord], Any] | None = None
+) -> dict[str, Any]:
+    """Server-based FL (FedSGD / FedAvg) with every slot the scenario names."""
     start = time.perf_counter()
     sim = build_simulation(scenario, seed)
     history = sim.run(scenario.rounds, on_round=on_round)
@@ -356,4 +468,8 @@ def run(scenario: Scenario, seed: int, *, on_round: Callable[[RoundRecord], Any]
         "byzantine": [r.byzantine for r in history],
         "seconds": [r.seconds for r in history],
     }
+    for ext in EXTENSIONS.values():
+        if ext.finish is not None:
+            ext.finish(scenario, seed, sim, summary, series)
+    summary["wall_time_s"] = time.perf_counter() - start
     return {"summary": summary, "series": series}
