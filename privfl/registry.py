@@ -95,19 +95,22 @@ def get(kind: str, name: str) -> Callable[..., Any]:
     return _REGISTRY[kind][name]
 
 
-def parameters(kind: str, name: str) -> dict[str, inspect.Parameter]:
-    """The keyword parameters ``make(kind, name, ...)`` accepts."""
-    sig = inspect.signature(get(kind, name))
+def signature_parameters(factory: Callable[..., Any]) -> dict[str, inspect.Parameter]:
+    """The keyword parameters a callable accepts."""
     return {
         p.name: p
-        for p in sig.parameters.values()
+        for p in inspect.signature(factory).parameters.values()
         if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     }
 
 
-def check_params(kind: str, name: str, params: dict[str, Any]) -> None:
-    """Raise ``ValueError`` for unknown or missing parameters, listing the valid ones."""
-    valid = parameters(kind, name)
+def parameters(kind: str, name: str) -> dict[str, inspect.Parameter]:
+    """The keyword parameters ``make(kind, name, ...)`` accepts."""
+    return signature_parameters(get(kind, name))
+
+
+def check_keywords(valid: dict[str, inspect.Parameter], params: dict[str, Any], what: str) -> None:
+    """Raise ``ValueError`` for unknown or missing keywords of ``what``, listing the valid ones."""
     unknown = sorted(set(params) - set(valid))
     allowed = ", ".join(
         p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}" for p in valid.values()
@@ -115,14 +118,19 @@ def check_params(kind: str, name: str, params: dict[str, Any]) -> None:
     if unknown:
         raise ValueError(
             f"unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
-            f"for {kind} {name!r}; valid parameters: {allowed}"
+            f"for {what}; valid parameters: {allowed}"
         )
     missing = [n for n, p in valid.items() if p.default is inspect.Parameter.empty and n not in params]
     if missing:
         raise ValueError(
             f"missing required parameter{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
-            f"for {kind} {name!r}; valid parameters: {allowed}"
+            f"for {what}; valid parameters: {allowed}"
         )
+
+
+def check_params(kind: str, name: str, params: dict[str, Any]) -> None:
+    """Raise ``ValueError`` for unknown or missing parameters, listing the valid ones."""
+    check_keywords(parameters(kind, name), params, f"{kind} {name!r}")
 
 
 def make(kind: str, name: str, **params: Any) -> Any:

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from privfl.registry import check_keywords
+
 __all__ = ["iid", "dirichlet", "shards", "partition", "PARTITIONS"]
 
 
@@ -189,20 +191,5 @@ def partition(
     if not isinstance(name, str) or name not in PARTITIONS:
         raise ValueError(f"unknown partition {name!r}; valid partitions: {', '.join(PARTITIONS)}")
     fn = PARTITIONS[name]
-    valid = _method_params(fn)
-    allowed = ", ".join(
-        k if p.default is inspect.Parameter.empty else f"{k}={p.default!r}" for k, p in valid.items()
-    ) or "(none)"
-    unknown = sorted(set(params) - set(valid))
-    if unknown:
-        raise ValueError(
-            f"unknown parameter(s) {', '.join(map(repr, unknown))} for partition {name!r}; "
-            f"valid parameters: {allowed}"
-        )
-    missing = [k for k, p in valid.items() if p.default is inspect.Parameter.empty and k not in params]
-    if missing:
-        raise ValueError(
-            f"missing parameter(s) {', '.join(map(repr, missing))} for partition {name!r}; "
-            f"valid parameters: {allowed}"
-        )
+    check_keywords(_method_params(fn), params, f"partition {name!r}")
     return fn(labels, num_clients, generator=generator, **params)
