@@ -9,6 +9,9 @@ Format (every key but ``base`` optional)::
     grid:                         # a mapping of axes (cartesian product) or a list of them (union)
       model: [mlp, convnet]
       partition_params.alpha: [0.1, 1.0]                 # dotted keys reach into *_params
+      cases:                      # fields that vary together (each case is one value of this axis)
+        - {label: plain mean, aggregator: mean}
+        - {label: NNM + trimmed mean, aggregator: trimmed-mean, preaggregators: [nnm]}
     seeds: [0, 1]                 # or an integer n meaning [0, ..., n-1]
 
 Specs are read with ``yaml.safe_load`` only: a spec is data, never code.
@@ -31,6 +34,7 @@ from privfl import registry
 __all__ = ["Spec", "Cell", "load_spec", "bundled_specs", "parse_spec"]
 
 SPEC_KEYS = ("name", "description", "imports", "base", "grid", "seeds")
+CASES = "cases"  # a grid axis whose values are mappings: fields set together (one optional label each)
 
 
 @dataclass(frozen=True)
@@ -60,10 +64,19 @@ class Spec:
             axes = list(block)
             for values in itertools.product(*(block[a] for a in axes)):
                 data = copy.deepcopy(base)
+                parts = []
                 for axis, value in zip(axes, values):
-                    _set_dotted(data, axis, value)
+                    if axis == CASES:
+                        case = dict(value)
+                        case_label = case.pop("label", None)
+                        for key, v in case.items():
+                            _set_dotted(data, key, v)
+                        parts.append(case_label or ", ".join(f"{k}={_short(v)}" for k, v in case.items()))
+                    else:
+                        _set_dotted(data, axis, value)
+                        parts.append(f"{axis}={_short(value)}")
                 scenario = Scenario.from_dict(data, where=f"spec {self.name!r}")
-                label = scenario.label or ", ".join(f"{a}={_short(v)}" for a, v in zip(axes, values)) or self.name
+                label = scenario.label or ", ".join(p for p in parts if p) or self.name
                 for seed in self.seeds:
                     cid = cell_id(scenario, seed)
                     out.setdefault(cid, Cell(cid, label, seed, scenario))
@@ -138,6 +151,8 @@ def parse_spec(raw: Any, *, default_name: str = "spec") -> Spec:
             values = values if isinstance(values, list) else [values]
             if not values:
                 raise SpecError(f"spec.grid[{i}].{axis}: empty list of values")
+            if axis == CASES and not all(isinstance(c, dict) and c for c in values):
+                raise SpecError(f"spec.grid[{i}].cases: expected a list of non-empty mappings of field -> value")
             axes[axis] = values
         grid.append(axes)
     seeds_raw = raw.get("seeds", [0])

@@ -84,6 +84,20 @@ def test_spec_expansion_and_dotted_axes():
     assert alphas == [0.1, 0.5, 10.0]  # 0.5 is the base default kept by the union block
     assert len({c.id for c in cells}) == len(cells)
     assert {c.label for c in cells} >= {"model=mlp, partition_params.alpha=0.1", "num_clients=2"}
+    # cases: fields set together, the case's label names it, other axes still multiply
+    cased = parse_spec({
+        "base": TINY,
+        "grid": {"cases": [{"label": "plain", "aggregator": "mean"},
+                           {"lr": 0.2, "partition_params.alpha": 3.0}], "rounds": [1, 2]},
+    }).cells()
+    other = "lr=0.2, partition_params.alpha=3.0"
+    labels = ["plain, rounds=1", "plain, rounds=2", f"{other}, rounds=1", f"{other}, rounds=2"]
+    assert [c.label for c in cased] == labels
+    settings = [(c.scenario.lr, c.scenario.partition_params["alpha"]) for c in cased]
+    assert settings == [(0.05, 0.5)] * 2 + [(0.2, 3.0)] * 2
+    assert all(c.scenario.label == "" for c in cased)
+    with pytest.raises(SpecError, match="cases"):
+        parse_spec({"base": TINY, "grid": {"cases": ["mean"]}})
     # the same cell listed twice appears once
     dup = parse_spec({"base": TINY, "grid": [{"rounds": [2]}, {"rounds": [2]}]})
     assert len(dup.cells()) == 1
