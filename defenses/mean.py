@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from privfl.core import Aggregator, check_updates
+from privfl.defenses._common import nonfinite_rows
 from privfl.registry import register
 
 
@@ -28,7 +29,7 @@ class Mean(Aggregator):
 
     def __call__(self, updates: Tensor) -> Tensor:
         check_updates(updates)
-        bad = ~torch.isfinite(updates).all(dim=1)
+        bad = nonfinite_rows(updates)  # one row-sum pass, exact check only on suspect rows
         if bool(bad.any()):
             rows = torch.nonzero(bad).flatten().tolist()
             raise ValueError(

@@ -30,6 +30,13 @@ def register_plot(name: str):
 
     return deco
 
+MODE_TITLES = {
+    "federated": "Federated training",
+    "decentralized": "Decentralized learning",
+    "analytics": "Federated analytics (local DP frequency estimation)",
+}
+# metric-name prefix -> what a table with such columns reports (shown in its heading)
+METRIC_FAMILIES = {"epsilon": "privacy spent", "inversion_": "privacy attack scores", "eps_spent": "budget spent"}
 SUMMARY_ORDER = ("final_accuracy", "best_accuracy", "final_loss", "wall_time_s", "bytes_per_client_round")
 
 
@@ -113,36 +120,61 @@ def _groups(rows: list[CellRow]) -> dict[str, list[CellRow]]:
     return dict(groups)
 
 
+def _numeric(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _cell_text(group: list[CellRow], column: str) -> str:
+    vals = [float(v) for g in group if _numeric(v := g.result["summary"].get(column))]
+    if not vals:
+        return "—"
+    if len(set(vals)) == 1 or any(math.isinf(v) or math.isnan(v) for v in vals):
+        return _fmt(statistics.fmean(vals))
+    return f"{statistics.fmean(vals):.4g} ± {statistics.stdev(vals):.2g}"
+
+
+def _sections(done: list[CellRow], columns: list[str]) -> dict[str, tuple[list[str], dict[str, list[CellRow]]]]:
+    """Configurations grouped by the metrics they report (one table per kind of experiment)."""
+    out: dict[str, tuple[list[str], dict[str, list[CellRow]]]] = {}
+    for label, group in _groups(done).items():
+        present = [
+            c for c in columns
+            if not c.endswith("_std") and any(_numeric(g.result["summary"].get(c)) for g in group)
+        ]
+        mode = group[0].scenario.get("mode", "federated")
+        key = f"{mode}|{','.join(present)}"
+        title = MODE_TITLES.get(mode, f"mode {mode}")
+        families = [name for prefix, name in METRIC_FAMILIES.items() if any(c.startswith(prefix) for c in present)]
+        if families:
+            title += " — " + ", ".join(families)
+        if key not in out:
+            out[key] = ([title, *present], {})
+        out[key][1][label] = group
+    return out
+
+
 def _write_markdown(path: Path, spec: dict[str, Any], rows: list[CellRow], columns: list[str]) -> None:
     done = [r for r in rows if r.status == "done"]
     failed = [r for r in rows if r.status == "failed"]
-    numeric = [c for c in columns if any(isinstance((r.result or {}).get("summary", {}).get(c), (int, float))
-                                         and not isinstance((r.result or {}).get("summary", {}).get(c), bool)
-                                         for r in done)]
     lines = [f"# {spec.get('name', 'run')}", ""]
     if spec.get("description"):
         lines += [spec["description"], ""]
-    lines += [f"{len(done)} cell(s) done, {len(failed)} failed. Values: mean ± std over seeds.", ""]
-    header = ["configuration", "seeds", *numeric]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for label, group in _groups(done).items():
-        cells = [label, str(len(group))]
-        for c in numeric:
-            vals = [g.result["summary"].get(c) for g in group]
-            vals = [float(v) for v in vals if isinstance(v, (int, float))]
-            if not vals:
-                cells.append("—")
-            elif len(set(vals)) == 1 or any(math.isinf(v) for v in vals):
-                cells.append(_fmt(statistics.fmean(vals)))
-            else:
-                cells.append(f"{statistics.fmean(vals):.4g} ± {statistics.stdev(vals):.2g}")
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += [f"{len(done)} cell(s) done, {len(failed)} failed. Values: mean ± std over seeds "
+              "(one table per kind of experiment; every column of every cell is in `results.csv`).", ""]
+    for title_and_cols, groups in _sections(done, columns).values():
+        title, cols = title_and_cols[0], title_and_cols[1:]
+        header = ["configuration", "seeds", *cols]
+        lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for label, group in groups.items():
+            lines.append("| " + " | ".join([label, str(len(group)), *[_cell_text(group, c) for c in cols]]) + " |")
+        lines.append("")
     if failed:
-        lines += ["", "## Failed cells (re-run the same command to retry them)", ""]
+        lines += ["## Failed cells (re-run the same command to retry them)", ""]
         for r in failed:
             last = (r.error or "").strip().splitlines()[-1] if r.error else "unknown error"
             lines.append(f"- `{r.cell_id}` [{r.label}] seed {r.seed}: {last}")
-    lines += ["", "Per-round accuracy: `accuracy.png`; every cell: `results.csv`.", ""]
+        lines.append("")
+    lines += ["Per-round accuracy: `accuracy.png`; every cell: `results.csv`.", ""]
     path.write_text("\n".join(lines))
 
 

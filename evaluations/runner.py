@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from privfl.evaluations.scenario import Scenario, run
-from privfl.evaluations.spec import Cell, Spec
-from privfl.evaluations.store import Store
 from tqdm.auto import tqdm
 
 from privfl import registry
+from privfl.evaluations.scenario import Scenario, run
+from privfl.evaluations.spec import Cell, Spec
+from privfl.evaluations.store import Store
 
 __all__ = ["run_spec", "RunSummary", "default_workers"]
 

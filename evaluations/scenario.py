@@ -90,9 +90,40 @@ class Scenario:
     # (decentralized learning, federated analytics) register their own with ``register_mode``.
     mode: str = "federated"
     # --- decentralized learning (MoNNA) fields ---
+    # mode="decentralized" (privfl.evaluations.decentralized): `num_clients` nodes, `byzantine` of them
+    # Byzantine; each round K=`local_steps` steps with Polyak momentum `node_momentum` (β), exchange over
+    # `graph` ("complete" or "sampled": n − f models received, as in MoNNA's experiments), mix with `mixing`.
+    graph: str = "complete"
+    node_momentum: float = 0.99
+    mixing: str = "nna"
+    mixing_params: dict[str, Any] = field(default_factory=dict)
+    decentralized_attack_on: str = "models"
     # --- privacy accounting fields ---
+    # ε is reported at ``delta`` by ``accounting`` ("rdp", "pld" or "both"); ``dp_clip``/``dp_noise``:
+    # example-level DP-SGD inside every client (per-sample clip R, noise multiplier σ); see evaluations/privacy.py
+    delta: float = 1e-5
+    accounting: str = "rdp"
+    dp_clip: float | None = None
+    dp_noise: float = 0.0
     # --- privacy attack (curious server) fields ---
+    # A curious server attacks `inversion_victims` clients' updates in each of `inversion_rounds` with the
+    # privacy_attack `inversion_attack` (None: no attack), knowing the facts in `inversion_grant`; scores and
+    # the reconstruction grid come from privfl.evaluations.inversion (the defense is `mechanism`).
+    inversion_attack: str | None = None
+    inversion_attack_params: dict[str, Any] = field(default_factory=dict)
+    inversion_label_strategy: str | None = None
+    inversion_rounds: list[int] = field(default_factory=lambda: [0])
+    inversion_victims: int = 8
+    inversion_grant: list[str] = field(default_factory=lambda: ["labels", "lr", "local_steps", "batch_size"])
+    inversion_grid_images: int = 8
     # --- federated analytics (LDP frequency estimation) fields ---
+    # mode="analytics" (privfl.evaluations.analytics): `rounds` collections over `analytics_users` users whose
+    # categorical values evolve (`analytics_data`: "zipf" or "markov"; k is mechanism_params.k); `sample_rate`
+    # is the per-collection participation probability; eps_1 = analytics_alpha * eps_inf where it applies.
+    analytics_users: int = 10000
+    analytics_data: str = "zipf"
+    analytics_data_params: dict[str, Any] = field(default_factory=dict)
+    analytics_alpha: float | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -412,6 +443,11 @@ class Extension:
 EXTENSIONS: dict[str, Extension] = {}
 # Modules that register modes or extensions when imported (each adds itself here).
 EXTENSION_MODULES: list[str] = []
+EXTENSION_MODULES.append("privfl.evaluations.decentralized")  # mode "decentralized" (MoNNA)
+EXTENSION_MODULES.append("privfl.evaluations.robustness_report")  # accuracy-under-attack heatmap
+EXTENSION_MODULES.append("privfl.evaluations.analytics")  # mode "analytics" (LDP frequency estimation)
+EXTENSION_MODULES.append("privfl.evaluations.privacy")  # ε per round and in the summary (privacy accounting)
+EXTENSION_MODULES.append("privfl.evaluations.inversion")  # curious-server gradient inversion, scored
 _extensions_loaded = False
 
 
@@ -459,6 +495,7 @@ def run_federated(
         "num_params": sim.layout.dim,
         "device": str(sim.device),
         "parallel": "vmap" if sim._use_vmap else "loop",
+        "diverged_round": None if sim.diverged_round is None else sim.diverged_round + 1,
     }
     series = {
         "round": [r.round + 1 for r in history],

@@ -9,8 +9,8 @@ Format (every key but ``base`` optional)::
     grid:                         # a mapping of axes (cartesian product) or a list of them (union)
       model: [mlp, convnet]
       partition_params.alpha: [0.1, 1.0]                 # dotted keys reach into *_params
-      cases:                      # fields that vary together (each case is one value of this axis)
-        - {label: plain mean, aggregator: mean}
+      cases:                      # fields that vary together (each case is one value of this axis;
+        - {label: plain mean, aggregator: mean}          #  several axes cases_xyz multiply)
         - {label: NNM + trimmed mean, aggregator: trimmed-mean, preaggregators: [nnm]}
     seeds: [0, 1]                 # or an integer n meaning [0, ..., n-1]
 
@@ -27,14 +27,18 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from privfl.evaluations.scenario import Scenario, SpecError, cell_id
 
 from privfl import registry
+from privfl.evaluations.scenario import Scenario, SpecError, cell_id
 
 __all__ = ["Spec", "Cell", "load_spec", "bundled_specs", "parse_spec"]
 
 SPEC_KEYS = ("name", "description", "imports", "base", "grid", "seeds")
-CASES = "cases"  # a grid axis whose values are mappings: fields set together (one optional label each)
+CASES = "cases"  # grid axes named cases, cases_*: values are mappings of fields set together (+ a label)
+
+
+def _is_cases(axis: str) -> bool:
+    return axis == CASES or axis.startswith(CASES + "_")
 
 
 @dataclass(frozen=True)
@@ -62,11 +66,13 @@ class Spec:
         base = self.base.to_dict()
         for block in self.grid or [{}]:
             axes = list(block)
+            # With labelled cases, the label is the cases' labels plus the axes that vary in the block.
+            labelled = any(_is_cases(a) and any("label" in c for c in block[a]) for a in axes)
             for values in itertools.product(*(block[a] for a in axes)):
                 data = copy.deepcopy(base)
                 parts = []
                 for axis, value in zip(axes, values):
-                    if axis == CASES:
+                    if _is_cases(axis):
                         case = dict(value)
                         case_label = case.pop("label", None)
                         for key, v in case.items():
@@ -74,7 +80,8 @@ class Spec:
                         parts.append(case_label or ", ".join(f"{k}={_short(v)}" for k, v in case.items()))
                     else:
                         _set_dotted(data, axis, value)
-                        parts.append(f"{axis}={_short(value)}")
+                        if not labelled or len(block[axis]) > 1:
+                            parts.append(f"{axis}={_short(value)}")
                 scenario = Scenario.from_dict(data, where=f"spec {self.name!r}")
                 label = scenario.label or ", ".join(p for p in parts if p) or self.name
                 for seed in self.seeds:
@@ -151,8 +158,8 @@ def parse_spec(raw: Any, *, default_name: str = "spec") -> Spec:
             values = values if isinstance(values, list) else [values]
             if not values:
                 raise SpecError(f"spec.grid[{i}].{axis}: empty list of values")
-            if axis == CASES and not all(isinstance(c, dict) and c for c in values):
-                raise SpecError(f"spec.grid[{i}].cases: expected a list of non-empty mappings of field -> value")
+            if _is_cases(axis) and not all(isinstance(c, dict) and c for c in values):
+                raise SpecError(f"spec.grid[{i}].{axis}: expected a list of non-empty mappings of field -> value")
             axes[axis] = values
         grid.append(axes)
     seeds_raw = raw.get("seeds", [0])

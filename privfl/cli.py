@@ -2,7 +2,9 @@
 
 ``privfl run [SPEC] [--out DIR] [--workers N] [--device D]``  run (or resume) an evaluation;
 no SPEC runs the bundled default. ``privfl report RUN_DIR`` rewrites the tables and plots.
-``privfl list [KIND]`` shows the registered components.
+``privfl list [KIND]`` shows the registered components. ``privfl audit SPEC [--delta D] [--png PATH]``
+prints ε per round for each configuration's mechanism, sampling and rounds (RDP and PLD side by
+side) without training.
 
 Exit codes: 0 success; 2 bad input (the reason on stderr: which field, what it got, what is
 allowed); 1 an internal error or a failed cell (recorded in the run's report).
@@ -38,6 +40,16 @@ def _workers(text: str) -> int:
     return value
 
 
+def _delta(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"got {text!r}; allowed: a number in (0, 1)") from None
+    if not (0.0 < value < 1.0):
+        raise argparse.ArgumentTypeError(f"got {value!r}; allowed: a number in (0, 1)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="privfl", description="Privacy and robustness evaluations for federated learning.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -49,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p_report = sub.add_parser("report", help="write results.md, results.csv and plots for a run directory")
     p_report.add_argument("run_dir", type=Path)
+    p_audit = sub.add_parser("audit", help="ε per round for each configuration of a spec (RDP and PLD, no training)")
+    p_audit.add_argument("spec", help="a YAML spec file or a bundled spec name")
+    p_audit.add_argument("--delta", type=_delta, help="δ for every configuration (default: each scenario's delta)")
+    p_audit.add_argument("--png", type=Path, help="also write a plot of ε vs round to this PNG")
     p_list = sub.add_parser("list", help="list registered components")
     p_list.add_argument("kind", nargs="?", help=f"one of: {', '.join(registry.KINDS)}")
     return parser
@@ -90,6 +106,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from privfl.evaluations.privacy import audit_spec
+    from privfl.evaluations.spec import load_spec
+
+    print(audit_spec(load_spec(args.spec), delta=args.delta, png=args.png))
+    return EXIT_OK
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     kinds = [args.kind] if args.kind else list(registry.KINDS)
     for kind in kinds:
@@ -109,7 +133,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler = {"run": _cmd_run, "report": _cmd_report, "list": _cmd_list}[args.command]
+    handler = {"run": _cmd_run, "report": _cmd_report, "list": _cmd_list, "audit": _cmd_audit}[args.command]
     try:
         return handler(args)
     except (ValueError, TypeError, FileNotFoundError) as exc:

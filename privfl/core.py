@@ -119,6 +119,43 @@ class Mechanism(ABC):
     @abstractmethod
     def guarantee(self) -> PrivacyGuarantee: ...
 
+    # ---- optional: central noise and accounting (defaults keep a mechanism purely local) ----
+    #: ``True`` when the server adds the noise once to the sum (DP-FedAvg, DP-BREM): ``privatize``
+    #: only bounds each client's contribution, and :meth:`aggregate` replaces the aggregator.
+    central: bool = False
+
+    def aggregate(
+        self,
+        reports: Tensor,
+        *,
+        byzantine: Tensor | None = None,
+        expected_rows: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Central mechanisms: the server step, ``[n, d]`` reports (+ Byzantine rows) → noisy ``[d]``.
+
+        ``expected_rows`` is the public normaliser (``q·N`` under Poisson client sampling). Called
+        every round, also with no participant, so that the release never depends on who took part.
+        """
+        raise NotImplementedError(f"{self.name} is a local mechanism; the server aggregates decode(reports)")
+
+    def account(self, ledger: Any, *, clients: Tensor, sampling_rate: float, dim: int, round: int) -> None:
+        """Record one round's releases in a :class:`~privfl.accounting.PrivacyLedger`.
+
+        Default: a central mechanism is one release per round concerning every client, amplified
+        by Poisson client sampling at ``sampling_rate``; a local one is one release per
+        participating client. A guarantee with ``unit="coordinate"`` is composed over the ``dim``
+        coordinates of the update (recorded with ``count=dim`` and unit ``"client"``).
+        """
+        g = self.guarantee()
+        per_coordinate = g.unit == "coordinate"
+        count = dim if per_coordinate else 1
+        unit = "client" if per_coordinate else None
+        if self.central:
+            ledger.record(g, sampling_rate=sampling_rate, count=count, unit=unit, round=round)
+        else:
+            ledger.record(g, clients=clients, count=count, unit=unit, round=round)
+
 
 # --------------------------------------------------------------------------------------------
 # Aggregation

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from privfl.evaluations import Scenario, SpecError, parse_spec
 from privfl.evaluations.runner import run_spec
 from privfl.evaluations.store import Store
@@ -98,6 +99,15 @@ def test_spec_expansion_and_dotted_axes():
     assert all(c.scenario.label == "" for c in cased)
     with pytest.raises(SpecError, match="cases"):
         parse_spec({"base": TINY, "grid": {"cases": ["mean"]}})
+    # two cases axes multiply; with labelled cases, single-valued axes stay out of the label
+    two = parse_spec({"base": TINY, "grid": {
+        "cases": [{"label": "A", "lr": 0.1}, {"label": "B", "lr": 0.2}],
+        "cases_attack": [{"label": "x", "momentum": 0.0}, {"label": "y", "momentum": 0.5}],
+        "rounds": [3], "num_clients": [3, 5]}}).cells()
+    assert len(two) == 8 and len({c.id for c in two}) == 8
+    assert two[0].label == "A, x, num_clients=3"
+    assert {(c.scenario.lr, c.scenario.momentum, c.scenario.rounds) for c in two} == {
+        (lr, mo, 3) for lr in (0.1, 0.2) for mo in (0.0, 0.5)}
     # the same cell listed twice appears once
     dup = parse_spec({"base": TINY, "grid": [{"rounds": [2]}, {"rounds": [2]}]})
     assert len(dup.cells()) == 1
@@ -241,7 +251,14 @@ def test_bundled_default_spec_is_valid():
     assert "default" in bundled_specs()
     spec = load_spec(None)
     cells = spec.validate()
-    assert len(cells) >= 4 and {c.scenario.dataset for c in cells} == {"digits"}
+    # the foundation's baseline: FedAvg on digits, 20 clients, Dirichlet 0.5, 30 rounds, MLP and ConvNet, 2 seeds
+    baseline = [c for c in cells if c.label in ("model=mlp", "model=convnet")]
+    assert len(baseline) == 4 and {c.seed for c in baseline} == {0, 1}
+    for c in baseline:
+        s = c.scenario
+        assert (s.dataset, s.protocol, s.num_clients, s.rounds, s.mechanism, s.byzantine) == (
+            "digits", "fedavg", 20, 30, None, 0)
+        assert (s.partition, s.partition_params) == ("dirichlet", {"alpha": 0.5})
     assert yaml.safe_load(bundled_specs()["default"].read_text())["name"] == "default"
 
 

@@ -567,3 +567,21 @@ def test_bad_local_settings_and_rounds(ds):
     sim = FederatedSimulation(make_model(ds), ds, split(ds, 2))
     with pytest.raises(ValueError, match="rounds"):
         sim.run(0)
+
+
+def test_divergence_is_recorded_not_raised(ds):
+    # IPM with epsilon = 100 (Xie et al. 2019) drives the plain mean away until honest training overflows.
+    clients = split(ds, 10)
+    kw = dict(byzantine_clients=[0, 1, 2], byzantine_attack=privfl.make("byzantine_attack", "ipm", epsilon=100.0),
+              local=LocalSGD(steps=5, batch_size=16, lr=0.05, momentum=0.9))
+    sim = FederatedSimulation(make_model(ds, "mlp", hidden=(200, 200)), ds, clients, **kw)
+    sim.run(12)
+    assert sim.diverged_round is not None and sim.diverged_round < 11
+    after = [r for r in sim.history if r.round > sim.diverged_round]
+    assert after and all(r.participants == 0 for r in after)  # nothing trained after divergence
+    assert sim.history[-1].accuracy < 0.25  # the broken model is still scored, at about chance level
+    # a robust rule under the same attack does not diverge
+    robust = FederatedSimulation(make_model(ds, "mlp", hidden=(200, 200)), ds, clients,
+                                 aggregator=privfl.make("aggregator", "trimmed-mean", f=3), **kw)
+    robust.run(12)
+    assert robust.diverged_round is None and robust.history[-1].accuracy > 0.8

@@ -9,6 +9,16 @@ clients with ``torch.optim.SGD``; the loop is also the numerical reference in th
 Local SGD follows ``torch.optim.SGD`` exactly (dampening 0, no Nesterov):
 ``g ← ∇ℓ + λw``; ``b ← μb + g`` (``b = g`` at the first step); ``w ← w − η b``. The momentum
 buffer starts at zero every round.
+
+**Example-level DP-SGD** (Abadi et al., CCS 2016, as in Opacus): with ``dp_clip=R`` every local
+step Poisson-samples the client's records at rate B/N_i (expected batch ``batch_size`` = B),
+computes per-sample gradients with ``torch.func`` (``vmap(grad)`` over samples inside the ``vmap``
+over clients), clips each to ℓ2 norm R and uses ``g = (Σ clip_R(∇ℓ(x)) + N(0, (σR)² I)) / B`` with
+σ = ``dp_noise`` (fixed denominator B, so one record moves g by at most R/B). ``dp_noise=0`` gives
+the clipped gradient alone (what DP-BREM's clients send; the server adds the noise). Each step is a
+Poisson-subsampled Gaussian release (rate B/N_i, multiplier σ) on the client's records; the
+simulation records K of them per round in the privacy ledger (unit ``"record"``). Models with
+BatchNorm have no per-sample gradients and are rejected (as Opacus does).
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ from torch.func import functional_call, grad, vmap
 
 from privfl.flat import ParamLayout, flatten, load_flat, unflatten
 
-__all__ = ["LocalSGD", "BatchPlan", "plan_batches", "supports_vmap", "train_vmap", "train_loop"]
+__all__ = ["LocalSGD", "BatchPlan", "plan_batches", "sampling_rates", "supports_vmap", "train_vmap", "train_loop"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +47,8 @@ class LocalSGD:
     lr: float = 0.1
     momentum: float = 0.0
     weight_decay: float = 0.0
+    dp_clip: float | None = None
+    dp_noise: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or self.steps < 1:
@@ -49,6 +61,22 @@ class LocalSGD:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if not (self.weight_decay >= 0.0 and math.isfinite(self.weight_decay)):
             raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
+        if self.dp_clip is not None and not (
+            isinstance(self.dp_clip, (int, float)) and math.isfinite(self.dp_clip) and self.dp_clip > 0
+        ):
+            raise ValueError(f"dp_clip must be a finite number > 0 or None (no DP-SGD), got {self.dp_clip!r}")
+        if not (isinstance(self.dp_noise, (int, float)) and math.isfinite(self.dp_noise) and self.dp_noise >= 0):
+            raise ValueError(f"dp_noise must be a finite number >= 0, got {self.dp_noise!r}")
+        if self.dp_noise > 0 and self.dp_clip is None:
+            raise ValueError(f"dp_noise={self.dp_noise!r} needs dp_clip (the per-sample clipping norm R)")
+        if self.dp_clip is not None and self.batch_size is None:
+            raise ValueError("DP-SGD (dp_clip) needs batch_size: the expected Poisson batch size B, "
+                             "whose fixed denominator bounds the sensitivity")
+
+    @property
+    def dp(self) -> bool:
+        """Whether local steps are example-level DP-SGD steps (per-sample clipping)."""
+        return self.dp_clip is not None
 
 
 @dataclass
@@ -98,6 +126,8 @@ def plan_batches(
         padded[i, : len(c)] = c.cpu()
     valid = torch.arange(n_max).unsqueeze(0) < sizes.unsqueeze(1)  # [m, n_max]
     K = opt.steps
+    if opt.dp:
+        return _poisson_plan(padded, valid, sizes, opt, generator, generators)
     if opt.batch_size is None:
         local = torch.arange(n_max).expand(m, K, n_max)
         mask = valid.unsqueeze(1).expand(m, K, n_max).to(torch.float32)
@@ -128,6 +158,40 @@ def plan_batches(
     return BatchPlan(index=index, mask=None)
 
 
+def _poisson_plan(
+    padded: Tensor,
+    valid: Tensor,
+    sizes: Tensor,
+    opt: LocalSGD,
+    generator: torch.Generator | Sequence[torch.Generator],
+    generators: list[torch.Generator] | None,
+) -> BatchPlan:
+    """DP-SGD batches: every record of client i joins each step independently with probability
+    min(1, B/N_i). Selected records are packed to the front of a ``[m, K, L]`` plan (L = the
+    largest selection) with a mask marking real entries."""
+    m, n_max = padded.shape
+    K = opt.steps
+    rate = (opt.batch_size / sizes.to(torch.float64)).clamp(max=1.0)  # [m]
+    if generators is None:
+        u = torch.rand(m, K, n_max, generator=generator, dtype=torch.float64)
+    else:
+        u = torch.stack([torch.rand(K, n_max, generator=g, dtype=torch.float64) for g in generators])
+    chosen = (u < rate.view(m, 1, 1)) & valid.unsqueeze(1)  # [m, K, n_max]
+    counts = chosen.sum(dim=-1)
+    L = max(1, int(counts.max()))
+    order = torch.argsort((~chosen).to(torch.int8), dim=-1, stable=True)[..., :L]  # chosen first
+    index = torch.gather(padded.unsqueeze(1).expand(m, K, n_max), 2, order)
+    mask = (torch.arange(L).view(1, 1, L) < counts.unsqueeze(-1)).to(torch.float32)
+    return BatchPlan(index=index, mask=mask)
+
+
+def sampling_rates(sizes: Sequence[int], opt: LocalSGD) -> list[float]:
+    """Per-client DP-SGD record sampling rates min(1, B/N_i)."""
+    if opt.batch_size is None:
+        return [1.0 for _ in sizes]
+    return [min(1.0, opt.batch_size / n) for n in sizes]
+
+
 def supports_vmap(model: nn.Module) -> bool:
     """False for models whose training-mode forward mutates buffers (BatchNorm running stats)."""
     return not any(
@@ -156,11 +220,13 @@ def train_vmap(
     *,
     chunk: int | None = None,
     gradient_only: bool = False,
+    noise_generator: torch.Generator | None = None,
 ) -> Tensor:
     """Local SGD for all clients at once. Returns final weights ``[m, d]``.
 
     ``x``/``y`` are the (possibly client-poisoned) sample pools indexed by ``plan.index``.
     With ``gradient_only`` it returns the gradient at ``w0`` on the first planned batch (FedSGD).
+    With ``opt.dp_clip`` the steps are DP-SGD steps; their noise is drawn from ``noise_generator``.
     """
     buffers = {k: v for k, v in model.named_buffers()}
 
@@ -172,10 +238,15 @@ def train_vmap(
     in_dims_mask = None if plan.mask is None else 0
     step_grad = vmap(grad(loss), in_dims=(0, 0, 0, in_dims_mask))
     m = plan.index.shape[0]
+    if opt.dp:
+        step_grad = _dp_step(model, layout, buffers, opt, noise_generator)
     if chunk is None:
         # Measured on a 1-thread CPU: throughput peaks when a chunk's weights fit in a few MB
-        # of cache (≈ 2^21 floats); a GPU prefers every client at once.
-        chunk = m if x.device.type == "cuda" else max(1, (1 << 21) // max(1, layout.dim))
+        # of cache (≈ 2^21 floats); a GPU prefers every client at once. DP-SGD holds one
+        # gradient per sample: bound the chunk by the per-sample gradients instead.
+        per_client = layout.dim * (plan.index.shape[-1] if opt.dp else 1)
+        budget = (1 << 24) if opt.dp else (1 << 21)
+        chunk = m if x.device.type == "cuda" else max(1, budget // max(1, per_client))
     chunk = max(1, min(m, chunk))
     outs = []
     for lo in range(0, m, chunk):
@@ -197,6 +268,40 @@ def train_vmap(
             W.add_(g, alpha=-opt.lr)
         outs.append(W)
     return torch.cat(outs, dim=0)
+
+
+def _dp_step(
+    model: nn.Module, layout: ParamLayout, buffers: dict[str, Tensor], opt: LocalSGD,
+    noise_generator: torch.Generator | None,
+) -> Callable[[Tensor, Tensor, Tensor, Tensor | None], Tensor]:
+    """The DP-SGD gradient of a chunk of clients: (Σ_b clip_R(∇ℓ(x_b)) + N(0, (σR)² I)) / B."""
+    R, sigma, B = float(opt.dp_clip), float(opt.dp_noise), float(opt.batch_size)
+
+    def sample_loss(wflat: Tensor, xs: Tensor, ys: Tensor) -> Tensor:
+        params = unflatten(wflat, layout)
+        logits = functional_call(model, {**buffers, **params}, (xs.unsqueeze(0),))
+        return F.cross_entropy(logits, ys.unsqueeze(0))
+
+    per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0))  # [L, d] for one client
+
+    def clipped_sum(wflat: Tensor, xb: Tensor, yb: Tensor, mb: Tensor) -> Tensor:
+        G = per_sample(wflat, xb, yb)
+        norms = torch.linalg.vector_norm(G, dim=1)
+        factor = torch.clamp(R / norms.clamp_min(1e-12), max=1.0) * mb
+        return (factor.unsqueeze(1) * G).sum(dim=0)
+
+    batched = vmap(clipped_sum, in_dims=(0, 0, 0, 0))
+
+    def step(W: Tensor, xb: Tensor, yb: Tensor, mb: Tensor | None) -> Tensor:
+        if mb is None:
+            mb = torch.ones(xb.shape[:2], dtype=W.dtype, device=W.device)
+        total = batched(W, xb, yb, mb)
+        if sigma > 0:
+            total = total + (sigma * R) * torch.randn(total.shape, generator=noise_generator, dtype=total.dtype,
+                                                      device=total.device)
+        return total / B
+
+    return step
 
 
 def train_loop(

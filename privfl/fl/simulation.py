@@ -16,7 +16,21 @@ One round, in order:
 5. **Byzantine clients** among the participants replace their rows with an omniscient attack
    on the honest rows: ``attack(honest [h, d], f) -> [f, d]``.
 6. **Server**: pre-aggregators in order, then the aggregator (``[n, d] -> [d]``); FedAvg applies
-   ``w ← w + server_lr·agg``, FedSGD ``w ← w − lr·server_lr·agg``.
+   ``w ← w + server_lr·agg``, FedSGD ``w ← w − lr·server_lr·agg``. A **central** mechanism
+   (``mechanism.central``: DP-FedAvg, DP-BREM) replaces this step with its own
+   ``mechanism.aggregate(reports, byzantine=..., expected_rows=...)``, which adds the noise once to
+   the sum; it runs every round, also when nobody was sampled, so the release never reveals who
+   took part. ``expected_rows`` is q·N under Poisson sampling, the round's count otherwise.
+7. **Accounting**: every privatized release is recorded in ``ledger`` (a
+   :class:`~privfl.accounting.PrivacyLedger`) through ``mechanism.account(...)`` — central releases
+   once per round with the Poisson sampling rate (``sampling="uniform"`` is accounted without
+   amplification), local ones per participating client — plus K example-level DP-SGD steps per
+   participating client when ``local.dp_noise > 0``. Each round's record carries ε(``delta``) by
+   the ``accounting`` method (the largest over the privacy units in play).
+
+A mechanism may also declare ``protocol`` (the FL protocol it needs) and ``local_training`` (client
+settings it needs, e.g. DP-BREM's per-record clipping), which the simulation applies, and
+``bind_layout(layout)`` (per-tensor compressors).
 
 An **observation hook** records, for chosen (round, client) pairs, exactly what a curious
 server sees (:class:`privfl.core.Observation`), with the ground truth kept beside it for scoring.
@@ -26,6 +40,7 @@ Every random draw comes from a generator derived from ``(seed, purpose, round)``
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +52,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from privfl.accounting.guarantees import gaussian_guarantee
+from privfl.accounting.ledger import METHODS, PrivacyLedger
 from privfl.core import (
     Aggregator,
     ByzantineAttack,
@@ -46,7 +63,7 @@ from privfl.core import (
     PreAggregator,
 )
 from privfl.data.base import Dataset
-from privfl.fl.local import LocalSGD, plan_batches, supports_vmap, train_loop, train_vmap
+from privfl.fl.local import LocalSGD, plan_batches, sampling_rates, supports_vmap, train_loop, train_vmap
 from privfl.flat import flatten, layout_of, load_flat, unflatten
 from privfl.seeding import make_generator
 
@@ -70,6 +87,7 @@ class RoundRecord:
     byzantine: int
     bytes_per_client: float
     seconds: float
+    epsilon: float | None = None
 
 
 @dataclass
@@ -134,9 +152,13 @@ class FederatedSimulation:
     eval_every: int = 1
     seed: int = 0
     device: torch.device | str = "cpu"
+    ledger: PrivacyLedger | None = None
+    delta: float = 1e-5
+    accounting: str = "rdp"
 
     def __post_init__(self) -> None:
         self._validate()
+        self._apply_mechanism_requirements()
         self.device = torch.device(self.device)
         self.model = self.model.to(self.device)
         self.layout = layout_of(self.model)
@@ -160,6 +182,9 @@ class FederatedSimulation:
             self._x_pool, self._y_pool = self._x_pool.clone(), self._y_pool.clone()
             self._x_pool[idx], self._y_pool[idx] = xp, yp
         self._momentum: Tensor | None = None
+        #: first round after which the global weights were NaN/Inf (training diverged; later rounds
+        #: are recorded without training, at the accuracy the broken model has)
+        self.diverged_round: int | None = None
         self._use_vmap = self.parallel == "vmap" or (self.parallel == "auto" and supports_vmap(self.model))
         if self.parallel == "vmap" and not supports_vmap(self.model):
             raise ValueError("parallel='vmap' is not possible for a model with BatchNorm; use 'auto' or 'loop'")
@@ -170,6 +195,7 @@ class FederatedSimulation:
             from privfl.defenses.mean import Mean
 
             self.aggregator = Mean()
+        self._check_privacy_setup()
 
     # ------------------------------------------------------------------ validation
     def _validate(self) -> None:
@@ -201,6 +227,42 @@ class FederatedSimulation:
             raise ValueError(f"grant: unknown fields {unknown}; grantable: {', '.join(GRANTABLE)}")
         if not isinstance(self.eval_every, int) or self.eval_every < 1:
             raise ValueError(f"eval_every must be an int >= 1, got {self.eval_every!r}")
+        if isinstance(self.delta, bool) or not isinstance(self.delta, (int, float)) or not (0 < self.delta < 1):
+            raise ValueError(f"delta must be a number in (0, 1), got {self.delta!r}")
+        if self.accounting not in METHODS:
+            raise ValueError(f"accounting must be one of {', '.join(map(repr, METHODS))}, got {self.accounting!r}")
+        if self.ledger is not None and not isinstance(self.ledger, PrivacyLedger):
+            raise TypeError(f"ledger must be a PrivacyLedger or None, got {type(self.ledger).__name__}")
+
+    def _apply_mechanism_requirements(self) -> None:
+        mech = self.mechanism
+        if mech is None:
+            return
+        needed = getattr(mech, "protocol", None)
+        if needed is not None and needed != self.protocol:
+            raise ValueError(f"mechanism {mech.name!r} needs protocol={needed!r}, got protocol={self.protocol!r}")
+        overrides = getattr(mech, "local_training", None)
+        if overrides:
+            self.local = dataclasses.replace(self.local, **overrides)
+
+    def _check_privacy_setup(self) -> None:
+        mech = self.mechanism
+        if mech is not None and getattr(mech, "central", False):
+            from privfl.defenses.mean import Mean
+
+            if self.preaggregators or not isinstance(self.aggregator, Mean):
+                raise ValueError(
+                    f"mechanism {mech.name!r} is central: its aggregate() is the server rule (noise on the sum), "
+                    "so aggregator must be 'mean' and preaggregators empty"
+                )
+        if self.local.dp and not self._use_vmap:
+            raise ValueError("DP-SGD (dp_clip) needs per-sample gradients, which a model with BatchNorm does not "
+                             "have; use a model without BatchNorm")
+        if mech is not None and hasattr(mech, "bind_layout"):
+            mech.bind_layout(self.layout)
+        if self.ledger is None and (mech is not None or self.local.dp_noise > 0):
+            self.ledger = PrivacyLedger()
+        self._dp_rates = sampling_rates([len(c) for c in self.clients], self.local) if self.local.dp else None
 
     # ------------------------------------------------------------------ one round
     def _participants(self, t: int) -> Tensor:
@@ -215,7 +277,7 @@ class FederatedSimulation:
         """Honest protocol work of clients ``ids``: gradients (FedSGD) or deltas (FedAvg)."""
         opt = self.local
         if self.protocol == "fedsgd":
-            opt = LocalSGD(steps=1, batch_size=opt.batch_size, lr=opt.lr)
+            opt = dataclasses.replace(opt, steps=1, momentum=0.0, weight_decay=0.0)
         ids_list = [int(c) for c in ids]
         plan = plan_batches(
             [self.clients[c] for c in ids_list],
@@ -229,6 +291,7 @@ class FederatedSimulation:
             out = train_vmap(
                 self.model, self.layout, self.weights, self._x_pool, self._y_pool, plan, opt,
                 chunk=self.client_chunk, gradient_only=gradient_only,
+                noise_generator=make_generator(self.seed, "dp-sgd-noise", t, device=self.device) if opt.dp else None,
             )
         else:
             out, buffers = train_loop(
@@ -264,16 +327,28 @@ class FederatedSimulation:
     def step(self, t: int) -> RoundRecord:
         """Run round ``t`` and return its record."""
         start = time.perf_counter()
+        if self.diverged_round is not None:  # the global model is non-finite: nothing left to train
+            return self._finish(t, 0, 0, 0.0, start)
         ids = self._participants(t)
         byz_mask = self._is_byz[ids]
         omniscient = isinstance(self.byzantine_attack, ByzantineAttack)
         workers = ids[~byz_mask] if omniscient else ids  # data poisoners follow the protocol
         bytes_per_client = 0.0
+        central = self.mechanism is not None and getattr(self.mechanism, "central", False)
         if len(ids) == 0:
+            if central:  # the noisy release happens whoever was sampled
+                self._central_update(t, torch.empty(0, self.layout.dim, device=self.device), None, 0)
+                self._account(t, workers)
             return self._finish(t, 0, 0, 0.0, start)
         rows = torch.empty(0, self.layout.dim, device=self.device)
+        reports = rows
         if len(workers):
             updates = self._local_updates(workers, t)
+            if not bool(torch.isfinite(updates).all()):
+                # Honest local training overflowed (the global model was driven too far): the run
+                # has diverged; stop training rather than feed NaN rows to the server.
+                self.diverged_round = t
+                return self._finish(t, len(ids), int(byz_mask.sum()), 0.0, start)
             updates = self._apply_worker_momentum(workers, updates)
             if self.mechanism is not None:
                 reports = self.mechanism.privatize(
@@ -281,14 +356,21 @@ class FederatedSimulation:
                     generator=make_generator(self.seed, "mechanism", t, device=self.device),
                     client_ids=workers,
                 )
-                bytes_per_client = reports[0].numel() * reports.element_size() if reports.dim() > 1 else (
-                    reports.element_size()
-                )
+                if hasattr(self.mechanism, "report_bytes"):
+                    bytes_per_client = float(self.mechanism.report_bytes(reports))
+                else:
+                    bytes_per_client = reports[0].numel() * reports.element_size() if reports.dim() > 1 else (
+                        reports.element_size()
+                    )
                 rows = self.mechanism.decode(reports)
             else:
                 rows = updates
                 bytes_per_client = updates.shape[1] * updates.element_size()
             self._record_observations(t, workers, rows)
+        elif central:
+            reports = self.mechanism.privatize(
+                rows, generator=make_generator(self.seed, "mechanism", t, device=self.device), client_ids=workers
+            )
         f_t = int(byz_mask.sum()) if omniscient else 0
         if f_t:
             malicious = self.byzantine_attack(
@@ -298,9 +380,17 @@ class FederatedSimulation:
                 raise ValueError(
                     f"byzantine attack returned shape {tuple(malicious.shape)}, expected {(f_t, self.layout.dim)}"
                 )
+            if central:
+                self._central_update(t, reports, malicious, len(ids))
+                self._account(t, workers)
+                return self._finish(t, len(ids), int(byz_mask.sum()), float(bytes_per_client), start)
             # Rows in client-id order: honest and malicious interleaved as their ids fall.
             order = torch.cat([ids[~byz_mask], ids[byz_mask]]).argsort()
             rows = torch.cat([rows, malicious.to(rows.dtype)])[order.to(rows.device)]
+        if central:
+            self._central_update(t, reports, None, len(ids))
+            self._account(t, workers)
+            return self._finish(t, len(ids), int(byz_mask.sum()), float(bytes_per_client), start)
         with torch.no_grad():
             x = rows
             for k, pre in enumerate(self.preaggregators):
@@ -310,14 +400,64 @@ class FederatedSimulation:
                 self.weights = self.weights + self.server_lr * agg
             else:
                 self.weights = self.weights - self.local.lr * self.server_lr * agg
+        self._account(t, workers)
         # Every Byzantine participant counts, data poisoners included (they send no attack rows).
         return self._finish(t, len(ids), int(byz_mask.sum()), float(bytes_per_client), start)
 
+    # ------------------------------------------------------------------ privacy
+    @torch.no_grad()
+    def _central_update(self, t: int, reports: Tensor, malicious: Tensor | None, participants: int) -> None:
+        """A central mechanism's server step (noise once on the sum) and the model update."""
+        if self.sampling == "poisson":
+            expected = self.sample_rate * len(self.clients)
+        else:
+            expected = float(max(participants, 1))
+        agg = self.mechanism.aggregate(
+            reports,
+            byzantine=malicious,
+            expected_rows=expected,
+            generator=make_generator(self.seed, "central-noise", t, device=self.device),
+        )
+        agg = agg.to(self.weights.dtype)
+        if self.protocol == "fedavg":
+            self.weights = self.weights + self.server_lr * agg
+        else:
+            self.weights = self.weights - self.local.lr * self.server_lr * agg
+
+    def _account(self, t: int, workers: Tensor) -> None:
+        """Record round ``t``'s releases in the ledger (mechanism and example-level DP-SGD)."""
+        if self.ledger is None:
+            return
+        rate = self.sample_rate if self.sampling == "poisson" else 1.0
+        if self.mechanism is not None:
+            self.mechanism.account(self.ledger, clients=workers.cpu(), sampling_rate=rate, dim=self.layout.dim,
+                                   round=t)
+        if self.local.dp_noise > 0 and len(workers):
+            steps = 1 if self.protocol == "fedsgd" else self.local.steps
+            g = gaussian_guarantee(self.local.dp_noise, name="dp-sgd", unit="record")
+            rates = torch.tensor([self._dp_rates[int(c)] for c in workers], dtype=torch.float64)
+            for q in torch.unique(rates).tolist():
+                self.ledger.record(g, sampling_rate=q, count=steps, clients=workers.cpu()[rates == q], round=t)
+
+    def epsilon(self, delta: float | None = None, *, method: str | None = None) -> float | None:
+        """ε(δ) spent so far: the worst client, the largest over the privacy units in play
+        (``None`` when nothing private ran: no ledger)."""
+        if self.ledger is None:
+            return None
+        delta = self.delta if delta is None else delta
+        method = self.accounting if method is None else method
+        units = self.ledger.units
+        if not units:
+            return 0.0
+        return max(self.ledger.epsilon(delta, method=method, unit=u) for u in units)
+
     def _finish(self, t: int, participants: int, f_t: int, nbytes: float, start: float) -> RoundRecord:
         acc = loss = None
+        if self.diverged_round is None and not bool(torch.isfinite(self.weights).all()):
+            self.diverged_round = t
         if (t + 1) % self.eval_every == 0:
             acc, loss = evaluate(self.model, self.weights, self.data.x_test, self.data.y_test)
-        rec = RoundRecord(t, acc, loss, participants, f_t, nbytes, time.perf_counter() - start)
+        rec = RoundRecord(t, acc, loss, participants, f_t, nbytes, time.perf_counter() - start, self.epsilon())
         self.history.append(rec)
         return rec
 

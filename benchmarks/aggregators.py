@@ -1,0 +1,186 @@
+"""Time every robust aggregator, pre-aggregator and NNA on ``[n, d]`` float32 updates.
+
+Default: ``n = 50`` rows, ``f = 10``, ``d ∈ {1e5, 1e6}``: 40 honest rows i.i.d. N(0, 1) (one fixed
+seed) and 10 ALIE rows (z = 1; ``--attack none`` makes all 50 rows honest), one thread. Next to
+each rule, three references measured in the same process on the same matrix: ``U.mean(0)`` (one
+pass over the data: the memory floor), the Gram matrix ``U @ U.T`` and ``torch.median(U, 0)``.
+Each call is warmed up once, then timed ``--repeats`` times (median).
+
+Targets from issue 3, checked in the ``target`` column:
+  - median, trimmed mean, Meamed: within 3× ``torch.median(U, 0)``;
+  - Krum, Multi-Krum, NNM, Bulyan: within 3× one Gram matrix;
+  - geometric median: within (iterations + 1)× the mean (iterations: what the call reported).
+
+Peak extra memory (on unless ``--no-memory``): each rule runs once in a fresh subprocess that
+first builds ``U``, resets the kernel's peak-RSS counter (``/proc/self/clear_refs``, Linux) and
+reports the peak resident set size during the call (``VmHWM``) minus the resident size before it:
+everything the call held at its peak, output and allocator overheads included. Shown in MB and as a
+multiple of ``U``'s own size (``n·d·4`` bytes).
+
+MDA at ``f = 10`` would visit C(50, 10) ≈ 1e10 subsets: its guard refuses, and the table says so;
+``mda (f=2)`` (1,225 subsets) is timed instead.
+
+Run: ``.venv/bin/python benchmarks/aggregators.py [--dims 100000,1000000] [--repeats 3] [--no-memory]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+import privfl
+
+RULES: list[tuple[str, str, str, dict]] = [
+    # (label, kind, name, params); f is added for rules that take it
+    ("median", "aggregator", "median", {}),
+    ("trimmed-mean", "aggregator", "trimmed-mean", {}),
+    ("meamed", "aggregator", "meamed", {}),
+    ("geometric-median", "aggregator", "geometric-median", {}),
+    ("krum", "aggregator", "krum", {}),
+    ("multi-krum", "aggregator", "multi-krum", {}),
+    ("bulyan", "aggregator", "bulyan", {}),
+    ("centered-clipping", "aggregator", "centered-clipping", {"tau": 1.0}),
+    ("mda", "aggregator", "mda", {}),
+    ("mda (f=2)", "aggregator", "mda", {"f": 2}),
+    ("mean (privfl)", "aggregator", "mean", {}),
+    ("nnm", "preaggregator", "nnm", {}),
+    ("bucketing (s=2)", "preaggregator", "bucketing", {"s": 2}),
+    ("clipping", "preaggregator", "clipping", {"tau": 1.0}),
+    ("arc", "preaggregator", "arc", {}),
+    ("nna (mixing)", "mixing", "nna", {}),
+]
+COORDINATE = {"median", "trimmed-mean", "meamed"}
+GRAM = {"krum", "multi-krum", "nnm", "bulyan"}
+
+
+def build(kind: str, name: str, params: dict, f: int):
+    params = dict(params)
+    if "f" in privfl.registry.parameters(kind, name):
+        params.setdefault("f", f)
+    return privfl.make(kind, name, **params)
+
+
+def call(rule, kind: str, U: torch.Tensor):
+    if kind == "preaggregator":
+        return rule(U, generator=torch.Generator().manual_seed(0))
+    return rule(U)
+
+
+def timed(fn: Callable[[], object], repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matrix(n: int, f: int, d: int, attack: str) -> torch.Tensor:
+    """``n − f`` honest rows N(0, 1) and ``f`` rows of ``attack`` (``none``: all ``n`` rows honest)."""
+    g = torch.Generator().manual_seed(0)
+    if attack == "none" or f == 0:
+        return torch.randn(n, d, generator=g, dtype=torch.float32)
+    honest = torch.randn(n - f, d, generator=g, dtype=torch.float32)
+    params = {"z": 1.0} if attack == "alie" else {}
+    bad = privfl.make("byzantine_attack", attack, **params)(honest, f, generator=g)
+    return torch.cat([bad, honest])
+
+
+def _status_kb(key: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key):
+                return int(line.split()[1])
+    raise RuntimeError(f"{key} not in /proc/self/status")
+
+
+def child(label: str, n: int, f: int, d: int, attack: str) -> None:
+    """Peak extra memory of one call (run in a fresh process): the peak RSS (VmHWM, reset through
+    /proc/self/clear_refs right before the call) minus the RSS before it."""
+    torch.set_num_threads(1)
+    kind, name, params = next((k, nm, p) for lab, k, nm, p in RULES if lab == label)
+    rule = build(kind, name, params, f)
+    U = matrix(n, f, d, attack)
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+    base = _status_kb("VmRSS")
+    try:
+        call(rule, kind, U)
+        print(json.dumps({"extra_kb": _status_kb("VmHWM") - base}))
+    except ValueError as exc:
+        print(json.dumps({"error": str(exc)}))
+
+
+def peak_memory(label: str, n: int, f: int, d: int, attack: str) -> float | None:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", label, "--n", str(n), "--f", str(f), "--dims", str(d),
+         "--attack", attack],
+        capture_output=True, text=True, check=True,
+    )
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    return None if "error" in data else data["extra_kb"] / 1024.0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=50)
+    p.add_argument("--f", type=int, default=10)
+    p.add_argument("--dims", default="100000,1000000")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--attack", default="alie", choices=["none", "alie", "sign-flip", "gaussian"],
+                   help="what the f faulty rows are (default: ALIE with z = 1)")
+    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    dims = [int(float(x)) for x in args.dims.split(",")]
+    if args.child:
+        child(args.child, args.n, args.f, dims[0], args.attack)
+        return
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), n={args.n}, f={args.f} "
+          f"({args.attack} rows), float32, median of {args.repeats} timed calls after one warm-up")
+    for d in dims:
+        U = matrix(args.n, args.f, d, args.attack)
+        size_mb = U.numel() * U.element_size() / 2**20
+        t_mean = timed(lambda U=U: U.mean(0), args.repeats)
+        t_gram = timed(lambda U=U: U @ U.T, args.repeats)
+        t_med = timed(lambda U=U: torch.median(U, 0), args.repeats)
+        print(f"\nd = {d:,}  (U: {size_mb:.0f} MB)   references: U.mean(0) {t_mean * 1e3:.1f} ms, "
+              f"U @ U.T {t_gram * 1e3:.1f} ms, torch.median(U, 0) {t_med * 1e3:.1f} ms")
+        header = (f"{'rule':20s} {'ms/call':>9s} {'×mean':>7s} {'×gram':>7s} {'×median':>8s} "
+                  f"{'peak extra MB':>14s} {'×U':>5s}  target")
+        print(header)
+        print("-" * len(header))
+        for label, kind, name, params in RULES:
+            rule = build(kind, name, params, args.f)
+            try:
+                call(rule, kind, U)
+            except ValueError as exc:
+                print(f"{label:20s} refused: {exc}")
+                continue
+            t = timed(lambda rule=rule, kind=kind, U=U: call(rule, kind, U), args.repeats)
+            mem = None if args.no_memory else peak_memory(label, args.n, args.f, d, args.attack)
+            target = ""
+            if label in COORDINATE:
+                target = f"≤3× median: {'PASS' if t <= 3 * t_med else 'FAIL'}"
+            elif label in GRAM:
+                target = f"≤3× gram: {'PASS' if t <= 3 * t_gram else 'FAIL'}"
+            elif label == "geometric-median":
+                it = rule.last_iterations
+                target = f"≤(it+1)× mean, it={it}: {'PASS' if t <= (it + 1) * t_mean else 'FAIL'}"
+            mem_txt = f"{mem:14.1f} {mem / size_mb:5.2f}" if mem is not None else f"{'—':>14s} {'':5s}"
+            print(f"{label:20s} {t * 1e3:9.1f} {t / t_mean:7.1f} {t / t_gram:7.2f} {t / t_med:8.2f} "
+                  f"{mem_txt}  {target}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,265 @@
+"""Gradient inversion acceptance figures: PSNR and seconds of the privacy attacks on this machine.
+
+Four measurements (``--only`` picks some; all by default), each on freshly initialised models
+(``torch.manual_seed(seed)``, eval mode) and real images of the bundled datasets:
+
+* ``ig``    : undefended Inverting Gradients on single 32×32 RGB ``natural-patches`` images (the
+  IG ConvNet, ``--width`` 64), ``--ig-iterations`` 2000, TV weight ``--tv`` 1e-3 (the setting
+  REFERENCES.md quotes; the attack's library default is 0.1), labels granted; mean PSNR over
+  ``--images`` images and seconds per image (target: ≥ 23 dB, < 30 s per image);
+* ``dlg``   : DLG on single ``lfw-faces`` images with the sigmoid LeNet (300 L-BFGS steps, labels
+  recovered jointly); PSNR and whether the label was recovered (target: ≥ 30 dB, label right);
+* ``sme``   : FedAvg updates after K = ``--local-steps`` (20) local SGD steps of a client holding
+  ``--local-images`` images (batch ``--local-batch``, lr ``--local-lr``); SME, IG-on-the-update as
+  in the SME paper (SME's optimiser with α fixed at 0), our ``inverting-gradients`` attack on the
+  update (``--sme-iterations`` 1000 each), and the unrolled ``fedavg-inversion`` (``--unrolled-iterations``
+  100: enough for its seconds per iteration; its PSNR after so few iterations is not comparable);
+  PSNR and seconds per iteration, with the ratio SME / unrolled (targets: SME's PSNR ≥
+  IG-on-update's; ratio ≤ 1/5);
+* ``vmap``  : IG on ``--victims`` victims of one model, vmapped together vs one at a time
+  (ms per victim-iteration, same PSNR expected);
+* ``noise`` : IG (as in ``ig``) on gradients scaled to unit norm plus Gaussian noise of σ = 0.01
+  per coordinate — the registered ``gaussian`` mechanism (``local=True``, clip 1, multiplier 0.01)
+  when present — on natural-patches / ConvNet (133k parameters) and on lfw-faces / sigmoid LeNet
+  (8.7k parameters) (target: mean PSNR < 10 dB).
+
+Single-threaded by default (``--threads``); the machine is shared, so seconds are noisy.
+Run: ``.venv/bin/python benchmarks/inversion.py [--only ig,dlg,sme,noise] [--images 4]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+import privfl
+from privfl.core import Observation
+from privfl.evaluations.scoring import score
+from privfl.flat import flatten, layout_of
+
+
+def build(ds, name: str, seed: int, **opts):
+    torch.manual_seed(seed)
+    return privfl.make("model", name, input_shape=ds.input_shape, num_classes=ds.num_classes, **opts).eval()
+
+
+def gradient(model, x, y):
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.cat([g.reshape(-1) for g in torch.autograd.grad(F.cross_entropy(model(x), y), params)])
+
+
+def observation(ds, model, update, kind, n, labels, **facts) -> Observation:
+    return Observation(model=model, update=update, kind=kind, num_examples=n, input_shape=ds.input_shape,
+                       num_classes=ds.num_classes, labels=labels, data_mean=ds.mean, data_std=ds.std, **facts)
+
+
+def pick(ds, count: int, offset: int = 0) -> list[int]:
+    """Evenly spaced training indices (every class of natural-patches is visited)."""
+    n = len(ds.x_train)
+    return [(offset + (i * n) // count) % n for i in range(count)]
+
+
+def bench_ig(args, noise: bool = False, dataset: str = "natural-patches", model_name: str = "convnet") -> dict:
+    ds = privfl.make("dataset", dataset)
+    opts = {"width": args.width} if model_name == "convnet" else {}
+    attack = privfl.make("privacy_attack", "inverting-gradients", iterations=args.ig_iterations, tv_weight=args.tv)
+    mech, how = None, "none"
+    if noise:
+        if "gaussian" in privfl.available("mechanism"):
+            mech = privfl.make("mechanism", "gaussian", clip_norm=1.0, noise_multiplier=0.01, local=True)
+            how = "registered 'gaussian' mechanism (local=True, clip_norm=1, noise_multiplier=0.01)"
+        else:
+            how = "direct N(0, 0.01^2) per coordinate (no 'gaussian' mechanism registered)"
+    psnrs, secs = [], []
+    for k, i in enumerate(pick(ds, args.images)):
+        model = build(ds, model_name, args.seed + k, **opts)
+        x, y = ds.x_train[i : i + 1], ds.y_train[i : i + 1]
+        g = gradient(model, x, y)
+        if noise:
+            g = g / g.norm()
+            gen = torch.Generator().manual_seed(1000 + k)
+            if mech is not None:
+                g = mech.decode(mech.privatize(g.unsqueeze(0), generator=gen))[0]
+            else:
+                g = g + 0.01 * torch.randn(g.shape, generator=gen)
+        obs = observation(ds, model, g, "gradient", 1, y)
+        start = time.perf_counter()
+        rec = attack.attack(obs, generator=torch.Generator().manual_seed(k))
+        secs.append(time.perf_counter() - start)
+        psnrs.append(score(ds.to_pixels(x), rec.data).psnr)
+        print(f"  image {i:4d} (class {int(y)}): PSNR {psnrs[-1]:6.2f} dB in {secs[-1]:5.1f} s", flush=True)
+    out = {"psnr_mean": statistics.fmean(psnrs), "psnr_std": statistics.pstdev(psnrs), "s_per_image":
+           statistics.fmean(secs), "s_max": max(secs), "images": len(psnrs), "defense": how,
+           "params": layout_of(build(ds, model_name, 0, **opts)).dim}
+    return out
+
+
+def bench_dlg(args) -> dict:
+    ds = privfl.make("dataset", "lfw-faces")
+    attack = privfl.make("privacy_attack", "dlg")
+    rows = []
+    for k, i in enumerate(pick(ds, args.dlg_images, offset=3)):
+        model = build(ds, "lenet", args.seed + k)
+        x, y = ds.x_train[i : i + 1], ds.y_train[i : i + 1]
+        obs = observation(ds, model, gradient(model, x, y), "gradient", 1, None)
+        start = time.perf_counter()
+        rec = attack.attack(obs, generator=torch.Generator().manual_seed(k))
+        sec = time.perf_counter() - start
+        s = score(ds.to_pixels(x), rec.data, y, rec.labels)
+        rows.append((s.psnr, s.label_accuracy, sec))
+        print(f"  image {i:4d} (label {int(y)}): PSNR {s.psnr:6.2f} dB, label recovered: {s.label_accuracy == 1.0}, "
+              f"{sec:5.1f} s ({rec.extra['function_evaluations']} evaluations)", flush=True)
+    return {"psnr_mean": statistics.fmean(r[0] for r in rows), "psnr_min": min(r[0] for r in rows),
+            "labels_recovered": sum(r[1] == 1.0 for r in rows), "images": len(rows),
+            "s_per_image": statistics.fmean(r[2] for r in rows)}
+
+
+def local_update(model, x, y, *, steps: int, batch: int, lr: float, seed: int):
+    """The victim's K local SGD steps (its own shuffled order, unknown to the attacker); w_K − w_0."""
+    local = copy.deepcopy(model)
+    opt = torch.optim.SGD(local.parameters(), lr=lr)
+    n = len(x)
+    g = torch.Generator().manual_seed(seed)
+    order = torch.cat([torch.randperm(n, generator=g) for _ in range(-(-steps * batch // n) + 1)])
+    for k in range(steps):
+        idx = order[k * batch : (k + 1) * batch]
+        opt.zero_grad()
+        F.cross_entropy(local(x[idx]), y[idx]).backward()
+        opt.step()
+    layout = layout_of(model)
+    return flatten(local, layout) - flatten(model, layout)
+
+
+def bench_sme(args) -> dict:
+    ds = privfl.make("dataset", "natural-patches")
+    N, B, K = args.local_images, args.local_batch, args.local_steps
+    model = build(ds, "convnet", args.seed, width=args.sme_width)
+    victims = []
+    for v in range(args.victims):
+        gen = torch.Generator().manual_seed(100 + v)
+        idx = torch.randperm(len(ds.x_train), generator=gen)[:N]
+        x, y = ds.x_train[idx], ds.y_train[idx]
+        victims.append((x, y, local_update(model, x, y, steps=K, batch=B, lr=args.local_lr, seed=v)))
+    obs = observation(ds, model, torch.stack([d for _, _, d in victims]), "delta", N,
+                      torch.stack([y for _, y, _ in victims]), lr=args.local_lr, local_steps=K, batch_size=B)
+    truth = [ds.to_pixels(x) for x, _, _ in victims]
+    methods = [
+        ("sme", "sme", {"iterations": args.sme_iterations}),
+        ("IG-on-update (SME, alpha=0)", "sme", {"iterations": args.sme_iterations, "alpha": 0.0}),
+        ("inverting-gradients on update", "inverting-gradients", {"iterations": args.sme_iterations}),
+        ("fedavg-inversion (unrolled)", "fedavg-inversion", {"iterations": args.unrolled_iterations}),
+    ]
+    out = {}
+    for label, name, params in methods:
+        attack = privfl.make("privacy_attack", name, **params)
+        rec = attack.attack(obs, generator=torch.Generator().manual_seed(0))
+        psnrs = [score(t, rec.data[v]).psnr for v, t in enumerate(truth)]
+        spi = rec.extra["seconds_per_iteration"]
+        out[label] = {"psnr_mean": statistics.fmean(psnrs), "psnr_std": statistics.pstdev(psnrs),
+                      "s_per_iteration": spi, "iterations": params["iterations"], "alpha": rec.extra.get("alpha")}
+        print(f"  {label:32s} PSNR {out[label]['psnr_mean']:6.2f} ± {out[label]['psnr_std']:.2f} dB over "
+              f"{len(psnrs)} victims; {spi * 1e3:7.1f} ms/iteration ({params['iterations']} iterations, "
+              f"{len(psnrs)} victims vmapped)", flush=True)
+    out["ratio"] = out["sme"]["s_per_iteration"] / out["fedavg-inversion (unrolled)"]["s_per_iteration"]
+    return out
+
+
+def bench_vmap(args) -> dict:
+    """IG on ``--victims`` single-image victims of one model: vmapped together vs one at a time."""
+    ds = privfl.make("dataset", "natural-patches")
+    model = build(ds, "convnet", args.seed, width=args.width)
+    idx = pick(ds, args.victims)
+    rows = torch.stack([gradient(model, ds.x_train[i : i + 1], ds.y_train[i : i + 1]) for i in idx])
+    labels = ds.y_train[idx].unsqueeze(1)
+    obs = observation(ds, model, rows, "gradient", 1, labels)
+    out = {}
+    for mode in (True, False):
+        attack = privfl.make("privacy_attack", "inverting-gradients", iterations=args.vmap_iterations,
+                             tv_weight=args.tv, vectorize=mode)
+        rec = attack.attack(obs, generator=torch.Generator().manual_seed(0))
+        psnrs = [score(ds.to_pixels(ds.x_train[i : i + 1]), rec.data[v]).psnr for v, i in enumerate(idx)]
+        out["vmap" if mode else "loop"] = {"s_per_victim_iteration": rec.extra["seconds"] / (
+            args.victims * args.vmap_iterations), "psnr_mean": statistics.fmean(psnrs)}
+    out["speedup"] = out["loop"]["s_per_victim_iteration"] / out["vmap"]["s_per_victim_iteration"]
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", default="ig,dlg,sme,noise,vmap")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--images", type=int, default=4, help="natural-patches images for ig / noise")
+    p.add_argument("--dlg-images", type=int, default=4)
+    p.add_argument("--width", type=int, default=64, help="ConvNet width for ig / noise")
+    p.add_argument("--ig-iterations", type=int, default=2000)
+    p.add_argument("--tv", type=float, default=1e-3, help="IG's TV weight for ig / noise (library default 0.1)")
+    p.add_argument("--victims", type=int, default=4, help="FedAvg victims for sme")
+    p.add_argument("--local-images", type=int, default=4)
+    p.add_argument("--local-batch", type=int, default=2)
+    p.add_argument("--local-steps", type=int, default=20)
+    p.add_argument("--local-lr", type=float, default=0.05)
+    p.add_argument("--sme-width", type=int, default=32)
+    p.add_argument("--sme-iterations", type=int, default=1000)
+    p.add_argument("--unrolled-iterations", type=int, default=100,
+                   help="iterations of the unrolled attack (its seconds per iteration is what the ratio needs)")
+    p.add_argument("--vmap-iterations", type=int, default=200)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    only = {s.strip() for s in args.only.split(",") if s.strip()}
+    print(f"torch {torch.__version__}, {args.threads} thread(s)")
+    checks = []
+    if "ig" in only:
+        print(f"IG, natural-patches 32x32 RGB, ConvNet width {args.width}, {args.ig_iterations} iterations, "
+              f"TV {args.tv}:")
+        r = bench_ig(args)
+        print(f"  mean PSNR {r['psnr_mean']:.2f} ± {r['psnr_std']:.2f} dB over {r['images']} images, "
+              f"{r['s_per_image']:.1f} s per image (max {r['s_max']:.1f} s), {r['params']} parameters")
+        checks.append(("IG mean PSNR >= 23 dB", r["psnr_mean"] >= 23.0, f"{r['psnr_mean']:.2f} dB"))
+        checks.append(("IG < 30 s per image", r["s_max"] < 30.0, f"max {r['s_max']:.1f} s"))
+    if "dlg" in only:
+        print("DLG, lfw-faces 25x25, sigmoid LeNet, 300 L-BFGS steps, labels not granted:")
+        r = bench_dlg(args)
+        print(f"  mean PSNR {r['psnr_mean']:.2f} dB (min {r['psnr_min']:.2f}), labels recovered "
+              f"{r['labels_recovered']}/{r['images']}, {r['s_per_image']:.1f} s per image")
+        checks.append(("DLG PSNR >= 30 dB (every image)", r["psnr_min"] >= 30.0, f"min {r['psnr_min']:.2f} dB"))
+        checks.append(("DLG label recovered", r["labels_recovered"] == r["images"],
+                       f"{r['labels_recovered']}/{r['images']}"))
+    if "sme" in only:
+        print(f"FedAvg updates: K={args.local_steps} steps, {args.local_images} images/client, batch "
+              f"{args.local_batch}, lr {args.local_lr}; ConvNet width {args.sme_width}:")
+        r = bench_sme(args)
+        print(f"  seconds per iteration, SME / unrolled = {r['ratio']:.3f} (1/{1 / r['ratio']:.1f})")
+        ig = r["IG-on-update (SME, alpha=0)"]["psnr_mean"]
+        checks.append(("SME PSNR >= IG-on-update", r["sme"]["psnr_mean"] >= ig,
+                       f"{r['sme']['psnr_mean']:.2f} vs {ig:.2f} dB"))
+        checks.append(("SME s/iteration <= 1/5 unrolled", r["ratio"] <= 0.2, f"ratio {r['ratio']:.3f}"))
+    if "noise" in only:
+        for dataset, model_name in (("natural-patches", "convnet"), ("lfw-faces", "lenet")):
+            print(f"IG ({args.ig_iterations} it., TV {args.tv}) on unit-norm gradients + Gaussian noise sigma=0.01 "
+                  f"per coordinate, {dataset} / {model_name}:")
+            r = bench_ig(args, noise=True, dataset=dataset, model_name=model_name)
+            print(f"  mean PSNR {r['psnr_mean']:.2f} ± {r['psnr_std']:.2f} dB over {r['images']} images, "
+                  f"{r['params']} parameters [{r['defense']}]")
+            checks.append((f"noise sigma=0.01 ({dataset} / {model_name}): mean PSNR < 10 dB", r["psnr_mean"] < 10.0,
+                           f"{r['psnr_mean']:.2f} dB"))
+    if "vmap" in only:
+        print(f"IG on {args.victims} victims of one ConvNet (width {args.width}), {args.vmap_iterations} iterations: "
+              f"vmap over victims vs one victim at a time (plain autograd):")
+        r = bench_vmap(args)
+        for mode in ("vmap", "loop"):
+            print(f"  {mode}: {r[mode]['s_per_victim_iteration'] * 1e3:6.2f} ms per victim-iteration, "
+                  f"mean PSNR {r[mode]['psnr_mean']:.2f} dB")
+        print(f"  speed-up of vmap: {r['speedup']:.2f}x")
+    print("\nacceptance:")
+    for name, ok, value in checks:
+        print(f"  [{'PASS' if ok else 'FAIL'}] {name}: {value}")
+
+
+if __name__ == "__main__":
+    main()

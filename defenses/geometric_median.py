@@ -1,0 +1,86 @@
+"""Geometric median by the smoothed Weiszfeld algorithm (RFA).
+
+Pillutla, Kakade, Harchaoui, "Robust Aggregation for Federated Learning", IEEE Transactions on
+Signal Processing 2022 (Algorithm 2, unweighted: ``α_i = 1/n``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from privfl.core import Aggregator, check_updates
+from privfl.defenses._common import (
+    check_f,
+    check_int,
+    check_positive_float,
+    combine_rows,
+    finite_part,
+    gram_and_distances,
+    require,
+)
+from privfl.registry import register
+
+__all__ = ["GeometricMedian"]
+
+
+@register("aggregator", "geometric-median")
+class GeometricMedian(Aggregator):
+    """Approximate ``argmin_z Σ_i ‖z − x_i‖`` by smoothed Weiszfeld iterations.
+
+    ``z₀`` is the mean; each iteration sets ``β_i = 1 / max(ν, ‖z − x_i‖)`` and
+    ``z ← Σ β_i x_i / Σ β_i``. It stops after ``max_iter`` iterations or once a step moves ``z`` by
+    at most ``tol`` times the median distance from ``z`` to the rows. (RFA's own test, a relative
+    decrease of ``Σ‖z − x_i‖`` below ``tol``, stops far too early when a distant outlier dominates
+    the objective: measured, a ratio of 36 instead of 0.22 against one huge outlier.)
+    ``last_iterations`` holds the number of iterations the last call used. Needs ``n > 2f``
+    (breakdown point 1/2).
+
+    Every iterate is a convex combination ``z = Σ w_j x_j``, so the iterations run on the weights
+    ``w`` with ``‖z − x_i‖² = wᵀGw − 2(Gw)_i + G_ii`` (``G`` the float64 Gram matrix of the rows
+    centred on a central point, :func:`~privfl.defenses._common.gram_and_distances`): one pass over
+    the rows for ``G`` and one for the final combination, whatever the number of iterations.
+    """
+
+    name = "geometric-median"
+
+    def __init__(self, f: int = 0, nu: float = 1e-6, max_iter: int = 100, tol: float = 1e-6):
+        self.f = check_f(f, rule="geometric-median")
+        self.nu = check_positive_float("nu", nu, rule="geometric-median")
+        self.max_iter = check_int("max_iter", max_iter, minimum=1, rule="geometric-median")
+        self.tol = check_positive_float("tol", tol, rule="geometric-median", allow_zero=True)
+        self.last_iterations: int | None = None
+
+    def weights(self, G: Tensor) -> tuple[Tensor, int]:
+        """Weiszfeld weights ``w`` (``z = Σ w_j x_j``) from the Gram matrix ``G`` of the rows centred on
+        any point; and the number of iterations used."""
+        m = G.shape[0]
+        diag = G.diagonal()
+        w = torch.full((m,), 1.0 / m, dtype=torch.float64, device=G.device)
+
+        def dists(w: Tensor) -> Tensor:
+            Gw = G @ w
+            return (w @ Gw - 2.0 * Gw + diag).clamp_min(0.0).sqrt()
+
+        dist = dists(w)
+        used = 0
+        for it in range(1, self.max_iter + 1):
+            beta = 1.0 / dist.clamp_min(self.nu)
+            w_new = beta / beta.sum()
+            step_w = w_new - w
+            step = float((step_w @ (G @ step_w)).clamp_min(0.0).sqrt())  # ‖z_new − z‖
+            w = w_new
+            dist = dists(w)
+            used = it
+            if step <= self.tol * float(dist.median()):
+                break
+        return w, used
+
+    def __call__(self, updates: Tensor) -> Tensor:
+        check_updates(updates)
+        n = updates.shape[0]
+        require(n > 2 * self.f, rule="geometric-median", n=n, f=self.f, need="n > 2f")
+        rows, _, _ = finite_part(updates, self.f, rule="geometric-median")
+        w, used = self.weights(gram_and_distances(rows)[0])
+        self.last_iterations = used
+        return combine_rows(rows, w)

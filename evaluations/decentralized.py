@@ -1,0 +1,195 @@
+"""The ``"decentralized"`` scenario mode: MoNNA (Farhadkhani et al., ICML 2023) through the harness.
+
+A scenario with ``mode: decentralized`` runs :class:`privfl.fl.decentralized.DecentralizedSimulation`:
+``num_clients`` nodes (``byzantine`` of them Byzantine, ids drawn from the seed) hold the data split by
+``partition``; every round each node takes ``local_steps`` steps of SGD with Polyak momentum
+``node_momentum`` (β = 0.99 by default, learning rate ``lr``, batch ``batch_size``, weight decay
+``weight_decay``), sends its model over ``graph`` and mixes what it receives with ``mixing``
+(``"nna"``; ``f = byzantine`` unless ``mixing_params`` says otherwise). Byzantine nodes send
+``byzantine_attack`` models, computed from the honest half-step models or updates
+(``decentralized_attack_on``), or train on poisoned data (``label-flip``).
+
+Fields of the federated mode that have no meaning here are ignored: ``protocol``, ``momentum``
+(the local optimiser has no momentum of its own; the node momentum is ``node_momentum``),
+``worker_momentum``, ``server_lr``, ``aggregator``, ``sample_rate``, ``sampling``. A ``mechanism``
+or ``preaggregators`` are rejected rather than ignored.
+
+Results have the federated mode's shape: ``summary`` (final / best mean accuracy over honest nodes,
+the worst honest node's final accuracy, consensus distance, wall time, bytes a node sends per round)
+and per-round ``series`` (mean / min / max accuracy, mean loss, consensus distance).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from privfl import registry
+from privfl.evaluations.scenario import (
+    Scenario,
+    SpecError,
+    _load_dataset,
+    register_mode,
+    resolve_device,
+)
+from privfl.fl.decentralized import DecentralizedRecord, DecentralizedSimulation
+from privfl.fl.local import LocalSGD
+from privfl.fl.partition import PARTITIONS, partition
+from privfl.seeding import derive_seed, make_generator
+
+__all__ = ["validate_decentralized", "run_decentralized", "build_decentralized"]
+
+GRAPHS = ("complete", "sampled")
+ATTACK_TARGETS = ("models", "updates")
+
+
+def validate_decentralized(scenario: Scenario, where: str = "scenario") -> None:
+    """Check the fields the decentralized mode uses (raises :class:`SpecError`)."""
+
+    def bad(name: str, allowed: str) -> SpecError:
+        return SpecError(f"{where}.{name}: got {getattr(scenario, name)!r}; allowed: {allowed}")
+
+    s = scenario
+    if s.rounds < 1:
+        raise bad("rounds", "an integer >= 1")
+    if s.num_clients < 2:
+        raise bad("num_clients", "an integer >= 2 (nodes)")
+    if s.local_steps < 1:
+        raise bad("local_steps", "an integer >= 1")
+    if s.batch_size is not None and s.batch_size < 1:
+        raise bad("batch_size", "an integer >= 1, or null for the full local batch")
+    if not (math.isfinite(s.lr) and s.lr > 0):
+        raise bad("lr", "a finite number > 0")
+    if not (math.isfinite(s.weight_decay) and s.weight_decay >= 0):
+        raise bad("weight_decay", "a finite number >= 0")
+    if not (0 <= s.node_momentum < 1):
+        raise bad("node_momentum", "a number in [0, 1) (Polyak momentum β; MoNNA uses 0.99)")
+    if s.graph not in GRAPHS:
+        raise bad("graph", "'complete' or 'sampled'")
+    if s.decentralized_attack_on not in ATTACK_TARGETS:
+        raise bad("decentralized_attack_on", "'models' or 'updates'")
+    if s.eval_every < 1:
+        raise bad("eval_every", "an integer >= 1")
+    if s.parallel not in ("auto", "vmap", "loop"):
+        raise bad("parallel", "'auto', 'vmap' or 'loop'")
+    if not (0 <= s.byzantine < s.num_clients):
+        raise bad("byzantine", f"an integer in [0, num_clients={s.num_clients})")
+    if s.graph == "sampled" and s.num_clients < 2 * s.byzantine + 1:
+        raise bad("graph", f"'complete' (graph='sampled' needs num_clients >= 2·byzantine + 1 = {2 * s.byzantine + 1})")
+    if s.byzantine and not s.byzantine_attack:
+        raise SpecError(
+            f"{where}.byzantine_attack: byzantine={s.byzantine} needs an attack name; "
+            f"allowed: {', '.join(registry.available('byzantine_attack'))}"
+        )
+    if s.mechanism:
+        raise SpecError(f"{where}.mechanism: got {s.mechanism!r}; allowed in mode 'decentralized': null")
+    if s.preaggregators:
+        raise SpecError(f"{where}.preaggregators: got {s.preaggregators!r}; allowed in mode 'decentralized': []")
+    if getattr(s, "dp_clip", None) is not None:
+        raise SpecError(f"{where}.dp_clip: got {s.dp_clip!r}; allowed in mode 'decentralized': null")
+    if s.partition not in PARTITIONS:
+        raise bad("partition", ", ".join(sorted(PARTITIONS)))
+    Scenario._check_component("dataset", "dataset", s.dataset, s.dataset_params, where)
+    Scenario._check_component("model", "model", s.model, s.model_params, where, skip=("input_shape", "num_classes"))
+    try:
+        resolve_device(s.device)
+        _components(s)
+    except SpecError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise SpecError(f"{where}: {exc}") from None
+
+
+def _components(s: Scenario) -> dict[str, Any]:
+    mixing_params = dict(s.mixing_params)
+    if "f" in registry.parameters("mixing", s.mixing) and "f" not in mixing_params:
+        mixing_params["f"] = s.byzantine
+    return {
+        "mixing": registry.make("mixing", s.mixing, **mixing_params),
+        "byzantine_attack": (
+            registry.make("byzantine_attack", s.byzantine_attack, **s.byzantine_attack_params)
+            if s.byzantine_attack
+            else None
+        ),
+    }
+
+
+def build_decentralized(scenario: Scenario, seed: int) -> DecentralizedSimulation:
+    """Everything the scenario names, built deterministically from ``seed``."""
+    device = resolve_device(scenario.device)
+    data = _load_dataset(scenario.dataset, scenario.dataset_params)
+    nodes = partition(
+        scenario.partition, data.y_train, scenario.num_clients,
+        generator=make_generator(seed, "partition"), **scenario.partition_params,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, "model"))
+        model = registry.make(
+            "model", scenario.model, input_shape=data.input_shape, num_classes=data.num_classes, **scenario.model_params
+        )
+    byz: list[int] = []
+    if scenario.byzantine:
+        perm = torch.randperm(scenario.num_clients, generator=make_generator(seed, "byzantine-ids"))
+        byz = sorted(perm[: scenario.byzantine].tolist())
+    parts = _components(scenario)
+    return DecentralizedSimulation(
+        model=model,
+        dataset=data,
+        clients=nodes,
+        local=LocalSGD(
+            steps=scenario.local_steps, batch_size=scenario.batch_size, lr=scenario.lr,
+            weight_decay=scenario.weight_decay,
+        ),
+        beta=scenario.node_momentum,
+        mixing=parts["mixing"],
+        graph=scenario.graph,  # type: ignore[arg-type]
+        byzantine_nodes=byz,
+        byzantine_attack=parts["byzantine_attack"],
+        attack_on=scenario.decentralized_attack_on,  # type: ignore[arg-type]
+        parallel=scenario.parallel,  # type: ignore[arg-type]
+        eval_every=scenario.eval_every,
+        seed=derive_seed(seed, "simulation"),
+        device=device,
+    )
+
+
+@register_mode("decentralized", validate=validate_decentralized)
+def run_decentralized(
+    scenario: Scenario, seed: int, *, on_round: Callable[[DecentralizedRecord], Any] | None = None
+) -> dict[str, Any]:
+    """MoNNA with every slot the scenario names; accuracy and loss are means over honest nodes."""
+    start = time.perf_counter()
+    sim = build_decentralized(scenario, seed)
+    history = sim.run(scenario.rounds, on_round=on_round)
+    evaluated = [r for r in history if r.accuracy is not None]
+    final = evaluated[-1] if evaluated else None
+    summary = {
+        "final_accuracy": final.accuracy if final else None,
+        "final_loss": final.loss if final else None,
+        "best_accuracy": max(r.accuracy for r in evaluated) if evaluated else None,
+        "final_accuracy_min": final.accuracy_min if final else None,
+        "final_consensus": history[-1].consensus,
+        "wall_time_s": time.perf_counter() - start,
+        "bytes_per_client_round": sum(r.bytes_per_node for r in history) / len(history),
+        "nodes": sim.n,
+        "honest_nodes": int(len(sim._honest)),
+        "num_params": sim.layout.dim,
+        "device": str(sim.device),
+        "parallel": "vmap" if sim._use_vmap else "loop",
+    }
+    series = {
+        "round": [r.round + 1 for r in history],
+        "accuracy": [r.accuracy for r in history],
+        "loss": [r.loss for r in history],
+        "accuracy_min": [r.accuracy_min for r in history],
+        "accuracy_max": [r.accuracy_max for r in history],
+        "consensus": [r.consensus for r in history],
+        "byzantine": [r.byzantine for r in history],
+        "seconds": [r.seconds for r in history],
+    }
+    summary["wall_time_s"] = time.perf_counter() - start
+    return {"summary": summary, "series": series}
