@@ -21,7 +21,6 @@ and per-round ``series`` (mean / min / max accuracy, mean loss, consensus distan
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -38,7 +37,7 @@ from privfl.evaluations.scenario import (
 )
 from privfl.fl.decentralized import DecentralizedRecord, DecentralizedSimulation
 from privfl.fl.local import LocalSGD
-from privfl.fl.partition import PARTITIONS, partition
+from privfl.fl.partition import partition
 from privfl.seeding import derive_seed, make_generator
 
 __all__ = ["validate_decentralized", "run_decentralized", "build_decentralized"]
@@ -54,47 +53,21 @@ def validate_decentralized(scenario: Scenario, where: str = "scenario") -> None:
         return SpecError(f"{where}.{name}: got {getattr(scenario, name)!r}; allowed: {allowed}")
 
     s = scenario
-    if s.rounds < 1:
-        raise bad("rounds", "an integer >= 1")
-    if s.num_clients < 2:
-        raise bad("num_clients", "an integer >= 2 (nodes)")
-    if s.local_steps < 1:
-        raise bad("local_steps", "an integer >= 1")
-    if s.batch_size is not None and s.batch_size < 1:
-        raise bad("batch_size", "an integer >= 1, or null for the full local batch")
-    if not (math.isfinite(s.lr) and s.lr > 0):
-        raise bad("lr", "a finite number > 0")
-    if not (math.isfinite(s.weight_decay) and s.weight_decay >= 0):
-        raise bad("weight_decay", "a finite number >= 0")
+    s.validate_learning(where, min_clients=2)
     if not (0 <= s.node_momentum < 1):
         raise bad("node_momentum", "a number in [0, 1) (Polyak momentum β; MoNNA uses 0.99)")
     if s.graph not in GRAPHS:
         raise bad("graph", "'complete' or 'sampled'")
     if s.decentralized_attack_on not in ATTACK_TARGETS:
         raise bad("decentralized_attack_on", "'models' or 'updates'")
-    if s.eval_every < 1:
-        raise bad("eval_every", "an integer >= 1")
-    if s.parallel not in ("auto", "vmap", "loop"):
-        raise bad("parallel", "'auto', 'vmap' or 'loop'")
-    if not (0 <= s.byzantine < s.num_clients):
-        raise bad("byzantine", f"an integer in [0, num_clients={s.num_clients})")
     if s.graph == "sampled" and s.num_clients < 2 * s.byzantine + 1:
         raise bad("graph", f"'complete' (graph='sampled' needs num_clients >= 2·byzantine + 1 = {2 * s.byzantine + 1})")
-    if s.byzantine and not s.byzantine_attack:
-        raise SpecError(
-            f"{where}.byzantine_attack: byzantine={s.byzantine} needs an attack name; "
-            f"allowed: {', '.join(registry.available('byzantine_attack'))}"
-        )
     if s.mechanism:
         raise SpecError(f"{where}.mechanism: got {s.mechanism!r}; allowed in mode 'decentralized': null")
     if s.preaggregators:
         raise SpecError(f"{where}.preaggregators: got {s.preaggregators!r}; allowed in mode 'decentralized': []")
     if getattr(s, "dp_clip", None) is not None:
         raise SpecError(f"{where}.dp_clip: got {s.dp_clip!r}; allowed in mode 'decentralized': null")
-    if s.partition not in PARTITIONS:
-        raise bad("partition", ", ".join(sorted(PARTITIONS)))
-    Scenario._check_component("dataset", "dataset", s.dataset, s.dataset_params, where)
-    Scenario._check_component("model", "model", s.model, s.model_params, where, skip=("input_shape", "num_classes"))
     try:
         resolve_device(s.device)
         _components(s)

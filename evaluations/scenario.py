@@ -193,42 +193,28 @@ class Scenario:
     def _bad(self, where: str, name: str, allowed: str) -> SpecError:
         return SpecError(f"{where}.{name}: got {getattr(self, name)!r}; allowed: {allowed}")
 
-    def validate_federated(self, where: str = "scenario") -> None:
-        """The federated mode's fields: training settings, registry names and parameters, extensions."""
+    def validate_learning(self, where: str = "scenario", *, min_clients: int = 1) -> None:
+        """Fields every training mode shares: rounds, local SGD, data, model, partition, Byzantine clients."""
 
         def bad(name: str, allowed: str) -> SpecError:
             return self._bad(where, name, allowed)
 
         if self.rounds < 1:
             raise bad("rounds", "an integer >= 1")
-        if self.num_clients < 1:
-            raise bad("num_clients", "an integer >= 1")
+        if self.num_clients < min_clients:
+            raise bad("num_clients", f"an integer >= {min_clients}")
         if self.local_steps < 1:
             raise bad("local_steps", "an integer >= 1")
         if self.batch_size is not None and self.batch_size < 1:
             raise bad("batch_size", "an integer >= 1, or null for the full local batch")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise bad("lr", "a finite number > 0")
-        if not (0 <= self.momentum < 1):
-            raise bad("momentum", "a number in [0, 1)")
-        if not (0 <= self.worker_momentum < 1):
-            raise bad("worker_momentum", "a number in [0, 1)")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise bad("weight_decay", "a finite number >= 0")
-        if not (math.isfinite(self.server_lr) and self.server_lr > 0):
-            raise bad("server_lr", "a finite number > 0")
-        if not (0 < self.sample_rate <= 1):
-            raise bad("sample_rate", "a number in (0, 1]")
-        if self.protocol not in ("fedavg", "fedsgd"):
-            raise bad("protocol", "'fedavg' or 'fedsgd'")
-        if self.sampling not in ("uniform", "poisson"):
-            raise bad("sampling", "'uniform' or 'poisson'")
         if self.parallel not in ("auto", "vmap", "loop"):
             raise bad("parallel", "'auto', 'vmap' or 'loop'")
         if self.eval_every < 1:
             raise bad("eval_every", "an integer >= 1")
-        if self.client_chunk is not None and self.client_chunk < 1:
-            raise bad("client_chunk", "an integer >= 1, or null")
         if not (0 <= self.byzantine < self.num_clients):
             raise bad("byzantine", f"an integer in [0, num_clients={self.num_clients})")
         if self.byzantine and not self.byzantine_attack:
@@ -242,6 +228,28 @@ class Scenario:
         self._check_component(
             "model", "model", self.model, self.model_params, where, skip=("input_shape", "num_classes")
         )
+
+    def validate_federated(self, where: str = "scenario") -> None:
+        """The federated mode's fields: training settings, registry names and parameters, extensions."""
+
+        def bad(name: str, allowed: str) -> SpecError:
+            return self._bad(where, name, allowed)
+
+        self.validate_learning(where)
+        if not (0 <= self.momentum < 1):
+            raise bad("momentum", "a number in [0, 1)")
+        if not (0 <= self.worker_momentum < 1):
+            raise bad("worker_momentum", "a number in [0, 1)")
+        if not (math.isfinite(self.server_lr) and self.server_lr > 0):
+            raise bad("server_lr", "a finite number > 0")
+        if not (0 < self.sample_rate <= 1):
+            raise bad("sample_rate", "a number in (0, 1]")
+        if self.protocol not in ("fedavg", "fedsgd"):
+            raise bad("protocol", "'fedavg' or 'fedsgd'")
+        if self.sampling not in ("uniform", "poisson"):
+            raise bad("sampling", "'uniform' or 'poisson'")
+        if self.client_chunk is not None and self.client_chunk < 1:
+            raise bad("client_chunk", "an integer >= 1, or null")
         for ext in EXTENSIONS.values():
             if ext.validate is not None:
                 ext.validate(self, where)
