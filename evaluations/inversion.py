@@ -18,14 +18,18 @@ The server sees exactly what the simulation records: each victim's row after the
 ``mechanism`` (the defense; ``decode(privatize(update))``), the global model of that round, and
 the granted facts. Victims of the same round with the same number of examples are attacked
 together (one :class:`~privfl.core.Observation` with ``update`` ``[v, d]``, vmapped by the attack).
+With a **central** mechanism (``gaussian`` by default, ``dp-brem``) the server adds the noise
+itself, so a curious server sees the clipped rows (DP-BREM: the clients' momenta) without noise;
+``gaussian`` with ``local: true`` is the defense against the server.
 
 Each cell's summary gains ``inversion_psnr`` / ``inversion_ssim`` / ``inversion_label_accuracy``
 (mean over victims; label accuracy only for labels the attack recovered, not granted ones) with
 ``*_std`` (standard deviation over victims), ``inversion_mse``,
 ``inversion_victims`` and ``inversion_seconds``; ``inversion_lpips`` only when LPIPS runs without
 any download (otherwise the reason is in ``series.inversion.lpips``). Reports gain
-``inversion_grid*.png`` (ground truth row, one reconstruction row per configuration with the same
-ground truth), ``inversion_psnr_eps.png`` (PSNR vs ε) and ``inversion.md``.
+``inversion_grid*.png`` (one per setting — same ground truth, model, protocol, K and batch size: the
+ground-truth row, then one reconstruction row per defense or attack), ``inversion_psnr_eps.png``
+(PSNR vs ε) and ``inversion.md``.
 """
 
 from __future__ import annotations
@@ -277,7 +281,10 @@ def _plot_grids(run_dir: Path, cells: list[Any]) -> list[Path]:
         inv = r.result["series"]["inversion"]
         if inv.get("truth") is None:
             continue
-        key = hashlib.sha256(inv["truth"]["uint8"].encode()).hexdigest()
+        sc = r.scenario
+        key = hashlib.sha256(inv["truth"]["uint8"].encode()).hexdigest() + repr(
+            (sc.get("model"), sc.get("protocol"), sc.get("local_steps") if sc.get("protocol") == "fedavg" else 1,
+             sc.get("batch_size")))
         groups.setdefault(key, []).append(r)
     paths = []
     for k, (_, group) in enumerate(sorted(groups.items(), key=lambda kv: kv[1][0].label)):
@@ -287,8 +294,7 @@ def _plot_grids(run_dir: Path, cells: list[Any]) -> list[Path]:
         fig, axes = plt.subplots(nrows, n, figsize=(1.1 * n + 2.6, 1.15 * nrows + 0.4), dpi=110, squeeze=False)
         rows_imgs = [("ground truth", truth)] + [
             (f"{r.scenario.get('label') or _defense_name(r.scenario)}\n{r.scenario.get('inversion_attack')}, "
-             f"seed {r.seed}: "
-             f"{_fmt(r.result['summary'].get('inversion_psnr'))} dB",
+             f"seed {r.seed}: {_fmt(r.result['summary'].get('inversion_psnr'))} dB",
              _decode(r.result["series"]["inversion"]["recon"]))
             for r in group
         ]
@@ -308,8 +314,9 @@ def _plot_grids(run_dir: Path, cells: list[Any]) -> list[Path]:
                 if j == 0:
                     ax.set_ylabel(title, rotation=0, ha="right", va="center", fontsize=6)
         first = group[0].scenario
-        fig.suptitle(f"gradient inversion: {first.get('dataset')} / {first.get('model')} / {first.get('protocol')}, "
-                     f"batch {first.get('batch_size')}", fontsize=8)
+        steps = f" K={first.get('local_steps')}" if first.get("protocol") == "fedavg" else ""
+        fig.suptitle(f"gradient inversion: {first.get('dataset')} / {first.get('model')} / {first.get('protocol')}"
+                     f"{steps}, batch {first.get('batch_size')}", fontsize=8)
         fig.tight_layout()
         path = run_dir / f"inversion_grid{'' if k == 0 else k}.png"
         fig.savefig(path)
@@ -400,11 +407,11 @@ def _write_table(run_dir: Path, cells: list[Any]) -> Path:
         "# Gradient inversion", "",
         "Mean ± std over every attacked victim (all seeds) after optimal matching of the batch order; "
         "ε from the privacy ledger (∞: no formal guarantee); accuracy: the final test accuracy of the same run.",
-        "", "| configuration | attack | defense | victims | PSNR (dB) | SSIM | label acc. | ε | accuracy |",
+        "", "| setting | attack | defense | victims | PSNR (dB) | SSIM | label acc. | ε | accuracy |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     reasons = set()
-    for label, group in by_label.items():
+    for group in by_label.values():
         victims = [v for r in group for v in r.result["series"]["inversion"]["victims"]]
         reasons.add(group[0].result["series"]["inversion"].get("lpips", ""))
         eps = [r.result["summary"].get("epsilon") for r in group]
@@ -412,8 +419,17 @@ def _write_table(run_dir: Path, cells: list[Any]) -> Path:
         acc = [r.result["summary"].get("final_accuracy") for r in group]
         sources = {v.get("label_source") for v in victims}
         labels = "granted" if sources == {"granted"} else _pm([v["label_accuracy"] for v in victims])
+        sc = group[0].scenario
+        steps = f" K={sc.get('local_steps')}" if sc.get("protocol") == "fedavg" else ""
+        setting = (f"{sc.get('dataset')} / {sc.get('model')} / {sc.get('protocol')}{steps} / "
+                   f"batch {sc.get('batch_size')}")
+        params = dict(sc.get("inversion_attack_params") or {})
+        if sc.get("inversion_label_strategy"):
+            params["labels"] = sc["inversion_label_strategy"]
+        attack = sc.get("inversion_attack") + (
+            "(" + ", ".join(f"{k}={v}" for k, v in sorted(params.items())) + ")" if params else "")
         lines.append(
-            f"| {label} | {group[0].scenario.get('inversion_attack')} | {_defense_name(group[0].scenario)} | "
+            f"| {setting} | {attack} | {_defense_name(sc)} | "
             f"{len(victims)} | {_pm([v['psnr'] for v in victims])} | {_pm([v['ssim'] for v in victims])} | "
             f"{labels} | {_fmt(max(eps)) if eps else '—'} | "
             f"{_pm([a for a in acc if a is not None])} |"
