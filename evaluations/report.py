@@ -36,7 +36,12 @@ MODE_TITLES = {
     "analytics": "Federated analytics (local DP frequency estimation)",
 }
 # metric-name prefix -> what a table with such columns reports (shown in its heading)
-METRIC_FAMILIES = {"epsilon": "privacy spent", "inversion_": "privacy attack scores", "eps_spent": "budget spent"}
+METRIC_FAMILIES = {
+    "epsilon": "privacy spent",
+    "inversion_": "privacy attack scores",
+    "eps_spent": "budget spent",
+    "diverged_round": "runs that diverged",
+}
 SUMMARY_ORDER = ("final_accuracy", "best_accuracy", "final_loss", "wall_time_s", "bytes_per_client_round")
 
 
