@@ -585,3 +585,17 @@ def test_divergence_is_recorded_not_raised(ds):
                                  aggregator=privfl.make("aggregator", "trimmed-mean", f=3), **kw)
     robust.run(12)
     assert robust.diverged_round is None and robust.history[-1].accuracy > 0.8
+
+
+def test_observation_edge_cases_full_batch_size_and_empty_batch(ds):
+    from privfl.fl.local import BatchPlan
+
+    clients = unequal_clients(ds)
+    sim = run_sim(ds, clients, 1, protocol="fedsgd", local=LocalSGD(batch_size=None, lr=0.1), observe=[(0, 2)])
+    obs = sim.observations[0].observation
+    assert obs.batch_size == obs.num_examples == len(clients[2])  # granted full batch: its size, not None
+    # a client whose (Poisson) batch came up empty has nothing to reconstruct: no observation, no crash
+    sim._observe = {(5, 0)}
+    sim._last_plan = BatchPlan(index=torch.zeros(1, 1, 4, dtype=torch.int64), mask=torch.zeros(1, 1, 4))
+    sim._record_observations(5, torch.tensor([0]), torch.zeros(1, sim.layout.dim))
+    assert len(sim.observations) == 1

@@ -469,6 +469,8 @@ class FederatedSimulation:
             if self._last_plan.mask is not None:
                 used = used[self._last_plan.mask[i] > 0]
             uniq = torch.unique(used.flatten()).to(self.device)
+            if len(uniq) == 0:  # an empty Poisson batch (DP-SGD / DP-BREM): no data to reconstruct
+                continue
             victim = copy.deepcopy(self.model)
             load_flat(victim, self.weights, self.layout)
             victim.eval()
@@ -486,7 +488,8 @@ class FederatedSimulation:
                 lr=self.local.lr if "lr" in grant else None,
                 local_steps=(1 if self.protocol == "fedsgd" else self.local.steps) if "local_steps" in grant
                 else None,
-                batch_size=self.local.batch_size if "batch_size" in grant else None,
+                # a full local batch is granted as its size (None would read as "not granted")
+                batch_size=(self.local.batch_size or len(uniq)) if "batch_size" in grant else None,
                 data_mean=tuple(self.data.mean),
                 data_std=tuple(self.data.std),
                 round=t,
