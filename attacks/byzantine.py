@@ -20,6 +20,7 @@ from torch import Tensor
 
 from privfl.core import ByzantineAttack, DataPoisoningAttack, check_updates
 from privfl.defenses._common import accumulation_dtype, pairwise_sq_distances
+from privfl.params import Choice, Int, Real
 from privfl.registry import register
 
 __all__ = [
@@ -70,6 +71,9 @@ class SignFlip(ByzantineAttack):
     Allouah et al., AISTATS 2023, and ByzFL; ``scale = 1``)."""
 
     name = "sign-flip"
+    param_space = {
+        "scale": Real(0, None, lo_open=True, log=True, typical=(0.1, 10.0)),
+    }
 
     def __init__(self, scale: float = 1.0):
         self.scale = _finite_number("scale", scale, "sign-flip", positive=True)
@@ -86,6 +90,9 @@ class IPM(ByzantineAttack):
     and ``ε = 100`` (overwhelms averaging-like rules) are the usual settings."""
 
     name = "ipm"
+    param_space = {
+        "epsilon": Real(0, None, lo_open=True, log=True, typical=(0.01, 100.0)),
+    }
 
     def __init__(self, epsilon: float = 0.1):
         self.epsilon = _finite_number("epsilon", epsilon, "ipm", positive=True)
@@ -125,6 +132,9 @@ class ALIE(ByzantineAttack):
     """
 
     name = "alie"
+    param_space = {
+        "z": Real(None, None, typical=(-3.0, 3.0), optional=True),
+    }
 
     def __init__(self, z: float | None = None):
         self.z = None if z is None else _finite_number("z", z, "alie")
@@ -212,6 +222,11 @@ class MinMax(_ShejwalkarAttack):
     )
 
     name = "min-max"
+    param_space = {
+        "perturbation": Choice("std", "unit-vec", "sign"),
+        "gamma_init": Real(0, None, lo_open=True, log=True, typical=(0.1, 10.0)),
+        "tol": Real(0, None, lo_open=True, log=True, typical=(1e-7, 1e-3)),
+    }
 
     def satisfied(self, gamma, a, b, c, D):
         dist = a - 2 * gamma * b + gamma * gamma * c
@@ -227,6 +242,11 @@ class MinSum(_ShejwalkarAttack):
     )
 
     name = "min-sum"
+    param_space = {
+        "perturbation": Choice("std", "unit-vec", "sign"),
+        "gamma_init": Real(0, None, lo_open=True, log=True, typical=(0.1, 10.0)),
+        "tol": Real(0, None, lo_open=True, log=True, typical=(1e-7, 1e-3)),
+    }
 
     def satisfied(self, gamma, a, b, c, D):
         total = (a - 2 * gamma * b + gamma * gamma * c).sum()
@@ -245,6 +265,9 @@ class Mimic(ByzantineAttack):
     """
 
     name = "mimic"
+    param_space = {
+        "target": Int(0, None, typical=(0, 2), optional=True),
+    }
 
     def __init__(self, target: int | None = 0):
         if target is not None and (not isinstance(target, int) or isinstance(target, bool) or target < 0):
@@ -273,6 +296,11 @@ class GaussianAttack(ByzantineAttack):
     NeurIPS 2017, used ``std = 200``, the default)."""
 
     name = "gaussian"
+    randomized = True  # check_contract: different seeds must give different rows
+    param_space = {
+        "mean": Real(None, None, typical=(-10.0, 10.0)),
+        "std": Real(0, None, lo_open=True, log=True, typical=(0.1, 500.0)),
+    }
 
     def __init__(self, mean: float = 0.0, std: float = 200.0):
         self.mean = _finite_number("mean", mean, "gaussian")
@@ -291,6 +319,7 @@ class NaNAttack(ByzantineAttack):
     """Every malicious row is all NaN (a crashed or buggy worker)."""
 
     name = "nan"
+    param_space = {}  # no parameters
 
     def __call__(self, honest: Tensor, f: int, *, generator: torch.Generator | None = None) -> Tensor:
         _check(honest, f, "nan")
@@ -302,6 +331,9 @@ class InfAttack(ByzantineAttack):
     """Every malicious row is all ``+Inf`` (``sign=-1``: ``−Inf``)."""
 
     name = "inf"
+    param_space = {
+        "sign": Choice(1, -1),
+    }
 
     def __init__(self, sign: int = 1):
         if sign not in (1, -1) or isinstance(sign, bool):
@@ -320,6 +352,7 @@ class LabelFlip(DataPoisoningAttack):
     Inputs are returned as they are (not copied); labels are a new tensor."""
 
     name = "label-flip"
+    param_space = {}  # no parameters
 
     def poison(
         self, x: Tensor, y: Tensor, *, num_classes: int, generator: torch.Generator | None = None

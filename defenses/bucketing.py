@@ -9,6 +9,7 @@ from torch import Tensor
 
 from privfl.core import PreAggregator, check_updates
 from privfl.defenses._common import accumulation_dtype, check_int
+from privfl.params import Int
 from privfl.registry import register
 
 __all__ = ["Bucketing"]
@@ -26,6 +27,10 @@ class Bucketing(PreAggregator):
     """
 
     name = "bucketing"
+    randomized = True  # the buckets come from a random permutation (check_contract: seeds must matter)
+    param_space = {
+        "s": Int(1, None, typical=(1, 4)),
+    }
 
     def __init__(self, s: int = 2):
         self.s = check_int("s", s, minimum=1, rule="bucketing")

@@ -19,6 +19,7 @@ from privfl.defenses._common import (
     finite_part,
     require,
 )
+from privfl.params import Int, Real
 from privfl.registry import register
 
 __all__ = ["CenteredClipping"]
@@ -37,6 +38,11 @@ class CenteredClipping(Aggregator):
     """
 
     name = "centered-clipping"
+    param_space = {
+        "f": Int(0, None, typical=(0, 3)),
+        "tau": Real(0, None, lo_open=True, log=True, typical=(0.1, 1000.0)),
+        "iterations": Int(1, None, typical=(1, 5)),
+    }
 
     def __init__(self, f: int = 0, tau: float = 100.0, iterations: int = 1):
         self.f = check_f(f, rule="centered-clipping")

@@ -1,6 +1,7 @@
 """Norm clipping before aggregation: static clipping and ARC, adaptive robust clipping (Allouah,
 Guerraoui, Gupta, Jellouli, Rizk, Stephan, "Adaptive Gradient Clipping for Robust Federated
-Learning", arXiv:2405.14432, 2024).
+Learning", ICLR 2025; arXiv:2405.14432, whose 2024 versions were titled "The Vital Role of Gradient
+Clipping in Byzantine-Resilient Distributed Learning").
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from torch import Tensor
 
 from privfl.core import PreAggregator, check_updates
 from privfl.defenses._common import check_f, check_positive_float, nonfinite_rows, require
+from privfl.params import Int, Real
 from privfl.registry import register
 
 __all__ = ["StaticClipping", "ARC"]
@@ -41,6 +43,9 @@ class StaticClipping(PreAggregator):
     """
 
     name = "clipping"
+    param_space = {
+        "tau": Real(0, None, lo_open=True, log=True, typical=(0.1, 10.0)),
+    }
 
     def __init__(self, tau: float = 1.0):
         self.tau = check_positive_float("tau", tau, rule="clipping")
@@ -64,6 +69,9 @@ class ARC(PreAggregator):
     """
 
     name = "arc"
+    param_space = {
+        "f": Int(0, None, typical=(0, 3)),
+    }
 
     def __init__(self, f: int = 0):
         self.f = check_f(f, rule="arc")

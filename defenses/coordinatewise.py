@@ -22,6 +22,7 @@ from privfl.defenses._common import (
     sorted_column_reduce,
     window_mean_closest,
 )
+from privfl.params import Int, Real
 from privfl.registry import register
 
 __all__ = ["Median", "TrimmedMean", "Meamed"]
@@ -37,6 +38,9 @@ class Median(Aggregator):
     """
 
     name = "median"
+    param_space = {
+        "f": Int(0, None, typical=(0, 3)),
+    }
 
     def __init__(self, f: int = 0):
         self.f = check_f(f, rule="median")
@@ -59,6 +63,10 @@ class TrimmedMean(Aggregator):
     """
 
     name = "trimmed-mean"
+    param_space = {
+        "f": Int(0, None, typical=(0, 3)),
+        "beta": Real(0, 0.5, hi_open=True, optional=True),
+    }
 
     def __init__(self, f: int = 0, beta: float | None = None):
         self.f = check_f(f, rule="trimmed-mean")
@@ -101,6 +109,9 @@ class Meamed(Aggregator):
     """
 
     name = "meamed"
+    param_space = {
+        "f": Int(0, None, typical=(0, 3)),
+    }
 
     def __init__(self, f: int = 0):
         self.f = check_f(f, rule="meamed")

@@ -19,6 +19,7 @@ from privfl.defenses._common import (
     gram_and_distances,
     require,
 )
+from privfl.params import Int, Real
 from privfl.registry import register
 
 __all__ = ["GeometricMedian"]
@@ -43,6 +44,12 @@ class GeometricMedian(Aggregator):
     """
 
     name = "geometric-median"
+    param_space = {
+        "f": Int(0, None, typical=(0, 3)),
+        "nu": Real(0, None, lo_open=True, log=True, typical=(1e-8, 1e-2)),
+        "max_iter": Int(1, None, typical=(1, 200)),
+        "tol": Real(0, None, typical=(0.0, 1e-3)),
+    }
 
     def __init__(self, f: int = 0, nu: float = 1e-6, max_iter: int = 100, tol: float = 1e-6):
         self.f = check_f(f, rule="geometric-median")

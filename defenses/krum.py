@@ -7,6 +7,7 @@ All three work from the float64 matrix of squared pairwise distances
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -15,13 +16,11 @@ from privfl.defenses._common import (
     check_f,
     check_int,
     combine_rows,
-    finite_part,
-    pairwise_sq_distances,
+    finite_gram_and_distances,
+    median_window_mean,
     require,
-    row_median,
-    sorted_column_reduce,
-    window_mean_closest,
 )
+from privfl.params import Int
 from privfl.registry import register
 
 __all__ = ["Krum", "MultiKrum", "Bulyan", "krum_scores"]
@@ -56,6 +55,9 @@ class Krum(Aggregator):
     """
 
     name = "krum"
+    param_space = {
+        "f": Int(0, None, typical=(0, 3)),
+    }
 
     def __init__(self, f: int = 0):
         self.f = check_f(f, rule="krum")
@@ -64,8 +66,8 @@ class Krum(Aggregator):
         check_updates(updates)
         n = updates.shape[0]
         require(n > 2 * self.f + 2, rule="krum", n=n, f=self.f, need="n > 2f + 2")
-        rows, f_left, _ = finite_part(updates, self.f, rule="krum")
-        scores = krum_scores(pairwise_sq_distances(rows), f_left)
+        rows, f_left, _, _, D = finite_gram_and_distances(updates, self.f, rule="krum")
+        scores = krum_scores(D, f_left)
         return rows[int(torch.argmin(scores))].clone()
 
 
@@ -79,6 +81,10 @@ class MultiKrum(Aggregator):
     """
 
     name = "multi-krum"
+    param_space = {
+        "f": Int(0, None, typical=(0, 3)),
+        "m": Int(1, None, typical=(1, 3), optional=True),
+    }
 
     def __init__(self, f: int = 0, m: int | None = None):
         self.f = check_f(f, rule="multi-krum")
@@ -91,8 +97,8 @@ class MultiKrum(Aggregator):
         m = n - self.f if self.m is None else self.m
         if m > n - self.f:
             raise ValueError(f"multi-krum: m must be in [1, n - f] = [1, {n - self.f}], got m={m} (n={n}, f={self.f})")
-        rows, f_left, _ = finite_part(updates, self.f, rule="multi-krum")
-        scores = krum_scores(pairwise_sq_distances(rows), f_left)
+        rows, f_left, _, _, D = finite_gram_and_distances(updates, self.f, rule="multi-krum")
+        scores = krum_scores(D, f_left)
         # stable sort: ties resolved by row index
         chosen = torch.sort(scores, stable=True).indices[:m]
         w = torch.zeros(rows.shape[0], dtype=torch.float64, device=rows.device)
@@ -110,28 +116,50 @@ class Bulyan(Aggregator):
        Tied scores (the neighbourhood is empty in the last round when ``f = 1``) go to the row with
        the smallest sum of squared distances to the rows left.
     2. Per coordinate, average the ``β = θ − 2f`` selected values closest to the coordinate's median
-       over the selection (the median as in :class:`~privfl.defenses.coordinatewise.Median`).
+       over the selection (the median as in :class:`~privfl.defenses.coordinatewise.Median`; at equal
+       distances the smaller values are taken). Only the middle ranks this needs are ordered, by a
+       sorting network on CPU (:func:`~privfl.defenses._common.median_window_mean`).
 
     Needs ``n ≥ 4f + 3``.
     """
 
     name = "bulyan"
+    param_space = {
+        "f": Int(0, None, typical=(0, 3)),
+    }
 
     def __init__(self, f: int = 0):
         self.f = check_f(f, rule="bulyan")
 
     def select(self, D: Tensor, f: int, theta: int) -> Tensor:
-        """Indices of the ``theta`` rows chosen by iterated Krum on squared distances ``D``."""
-        m = D.shape[0]
-        alive = torch.ones(m, dtype=torch.bool, device=D.device)
+        """Indices of the ``theta`` rows chosen by iterated Krum on squared distances ``D``.
+
+        The rounds are sequential and tiny (``[m, m]``), so they run in numpy on a host copy of ``D``
+        (torch's per-call overhead made them half a Gram matrix's time at d = 1e5, measured). Each
+        row's distances are sorted once; a round's score sums the first ``r − f − 2`` entries still
+        alive (``r`` rows left) — the same sums as :func:`krum_scores`, without re-sorting.
+        """
+        Dn = D.detach().to(device="cpu", dtype=torch.float64).numpy()
+        m = Dn.shape[0]
+        off = Dn.copy()
+        np.fill_diagonal(off, np.inf)
+        order = np.argsort(off, axis=1, kind="stable")
+        near = np.take_along_axis(off, order, axis=1)  # each row's distances, ascending, itself last
+        alive = np.ones(m, dtype=bool)
         chosen = []
-        for _ in range(theta):
-            scores = krum_scores(D, f, alive)
+        for t in range(theta):
+            k = (m - t) - f - 2
+            if k > 0:
+                a = alive[order]
+                scores = np.where(a & (np.cumsum(a, axis=1) <= k), near, 0.0).sum(axis=1)
+            else:
+                scores = np.zeros(m)
+            scores = np.where(alive, scores, np.inf)
             # Ties (a neighbourhood of 0 rows in the last rounds when f = 1): prefer the row closest to
             # all remaining rows, so the choice does not depend on the rows' order.
             tied = scores <= scores.min() * (1 + 1e-12)
-            total = torch.where(alive.unsqueeze(0), D, torch.zeros_like(D)).sum(dim=1)
-            i = int(torch.argmin(torch.where(tied & alive, total, torch.full_like(total, float("inf")))))
+            total = np.where(alive[None, :], Dn, 0.0).sum(axis=1)
+            i = int(np.argmin(np.where(tied & alive, total, np.inf)))
             chosen.append(i)
             alive[i] = False
         return torch.tensor(chosen, dtype=torch.int64, device=D.device)
@@ -140,13 +168,11 @@ class Bulyan(Aggregator):
         check_updates(updates)
         n = updates.shape[0]
         require(n >= 4 * self.f + 3, rule="bulyan", n=n, f=self.f, need="n >= 4f + 3")
-        rows, f_left, _ = finite_part(updates, self.f, rule="bulyan")
+        rows, f_left, _, _, D = finite_gram_and_distances(updates, self.f, rule="bulyan")
         m = rows.shape[0]
         theta = m - 2 * f_left
         beta = theta - 2 * f_left
-        chosen = self.select(pairwise_sq_distances(rows), f_left, theta).sort().values
-
-        def reduce(sorted_vals: Tensor) -> Tensor:
-            return window_mean_closest(sorted_vals, row_median(sorted_vals), beta)
-
-        return sorted_column_reduce(rows, reduce, rows=chosen)
+        if f_left == 0:  # θ = β = m: every row is selected and every value kept
+            return combine_rows(rows, torch.full((m,), 1.0 / m, dtype=torch.float64))
+        chosen = self.select(D, f_left, theta).sort().values
+        return median_window_mean(rows, beta, rows=chosen)

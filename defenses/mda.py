@@ -19,6 +19,7 @@ from privfl.defenses._common import (
     pairwise_sq_distances,
     require,
 )
+from privfl.params import Int
 from privfl.registry import register
 
 __all__ = ["MDA"]
@@ -36,6 +37,10 @@ class MDA(Aggregator):
     """
 
     name = "mda"
+    param_space = {
+        "f": Int(0, None, typical=(0, 3)),
+        "max_subsets": Int(1, None, typical=(1, 1_000_000)),
+    }
 
     def __init__(self, f: int = 0, max_subsets: int = 200_000):
         self.f = check_f(f, rule="mda")

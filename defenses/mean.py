@@ -7,6 +7,7 @@ from torch import Tensor
 
 from privfl.core import Aggregator, check_updates
 from privfl.defenses._common import nonfinite_rows
+from privfl.params import Int
 from privfl.registry import register
 
 
@@ -21,6 +22,9 @@ class Mean(Aggregator):
     """
 
     name = "mean"
+    param_space = {
+        "f": Int(0, None, typical=(0, 3)),
+    }
 
     def __init__(self, f: int = 0):
         if not isinstance(f, int) or isinstance(f, bool) or f < 0:

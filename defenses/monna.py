@@ -12,6 +12,7 @@ from torch import Tensor
 
 from privfl.core import Mixing, check_updates
 from privfl.defenses._common import accumulation_dtype, check_f, nonfinite_rows, pairwise_sq_distances
+from privfl.params import Int
 from privfl.registry import register
 
 __all__ = ["NNA"]
@@ -35,6 +36,9 @@ class NNA(Mixing):
     """
 
     name = "nna"
+    param_space = {
+        "f": Int(0, None, typical=(0, 3)),
+    }
 
     def __init__(self, f: int = 0):
         self.f = check_f(f, rule="nna")

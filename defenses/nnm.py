@@ -9,12 +9,12 @@ from torch import Tensor
 
 from privfl.core import PreAggregator, check_updates
 from privfl.defenses._common import (
-    accumulation_dtype,
     check_f,
-    nonfinite_rows,
-    pairwise_sq_distances,
+    finite_gram_and_distances,
+    mix_rows,
     require,
 )
+from privfl.params import Int
 from privfl.registry import register
 
 __all__ = ["NNM"]
@@ -32,6 +32,9 @@ class NNM(PreAggregator):
     """
 
     name = "nnm"
+    param_space = {
+        "f": Int(0, None, typical=(0, 3)),
+    }
 
     def __init__(self, f: int = 0):
         self.f = check_f(f, rule="nnm")
@@ -48,19 +51,9 @@ class NNM(PreAggregator):
         check_updates(updates)
         n = updates.shape[0]
         require(n > 2 * self.f, rule="nnm", n=n, f=self.f, need="n > 2f")
-        bad = nonfinite_rows(updates)
-        k_bad = int(bad.sum())
-        if k_bad > self.f:
-            rows = torch.nonzero(bad).flatten().tolist()
-            raise ValueError(
-                f"nnm: {k_bad} row(s) {rows[:10]} contain NaN or Inf but f={self.f}; a non-finite row is faulty and "
-                "counts against f, so at most f rows may be non-finite"
-            )
-        acc = accumulation_dtype(updates.dtype)
-        kept = torch.nonzero(~bad).flatten() if k_bad else None
-        rows = updates if kept is None else updates.index_select(0, kept)
-        W = self.mixing_matrix(pairwise_sq_distances(rows), n - self.f)
-        mixed = (W.to(acc) @ rows.to(acc)).to(updates.dtype)
+        # one pass for the distances, which also proves every row finite (or finds the faulty ones)
+        rows, _, kept, _, D = finite_gram_and_distances(updates, self.f, rule="nnm")
+        mixed = mix_rows(self.mixing_matrix(D, n - self.f), rows)
         if kept is None:
             return mixed
         out = updates.clone()

@@ -25,6 +25,7 @@ from torch import Tensor
 from privfl.core import Mechanism, PrivacyGuarantee
 from privfl.flat import ParamLayout
 from privfl.mechanisms import _checks
+from privfl.params import Int, Real
 from privfl.registry import register
 
 __all__ = ["TopK", "Quantize", "FP16"]
@@ -62,6 +63,9 @@ class TopK(_PerTensor):
     """Magnitude pruning: zero the ``sparsity`` fraction of smallest-|x| entries of every tensor."""
 
     name = "top-k"
+    param_space = {
+        "sparsity": Real(0, 1, hi_open=True),
+    }
 
     def __init__(self, sparsity: float = 0.9) -> None:
         self.sparsity = _checks.number("sparsity", sparsity, lo=0.0, hi=1.0, lo_open=False, hi_open=True)
@@ -91,6 +95,10 @@ class Quantize(_PerTensor):
     """Stochastic uniform ``bits``-bit quantization per tensor (unbiased, min–max scaled)."""
 
     name = "quantize"
+    unbiased = True  # stochastic rounding between neighbouring levels
+    param_space = {
+        "bits": Int(1, 16),
+    }
 
     def __init__(self, bits: int = 8) -> None:
         self.bits = _checks.integer("bits", bits, lo=1, hi=16)
@@ -126,6 +134,7 @@ class FP16(Mechanism):
     """Round to half precision and back (values clamped to the fp16 range first)."""
 
     name = "fp16"
+    param_space = {}  # no parameters
 
     def privatize(
         self, x: Tensor, *, generator: torch.Generator | None = None, client_ids: Tensor | None = None

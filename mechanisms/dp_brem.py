@@ -83,6 +83,7 @@ from torch import Tensor
 from privfl.accounting.guarantees import gaussian_guarantee
 from privfl.core import Mechanism, PrivacyGuarantee
 from privfl.mechanisms import _checks
+from privfl.params import Int, Real, Ref
 from privfl.registry import register
 from privfl.seeding import make_generator
 
@@ -127,6 +128,13 @@ class DPBREM(Mechanism):
     Gaussian noise σ·R/B once on the sum. Needs FedSGD; sets the clients' per-record clipping."""
 
     name = "dp-brem"
+    param_space = {
+        "clip_norm": Real(0, None, lo_open=True, log=True, typical=(0.1, 10.0)),
+        "noise_multiplier": Real(0, None, lo_open=True, typical=(0.1, 4.0)),
+        "record_clip": Real(0, None, lo_open=True, log=True, typical=(0.1, 10.0)),
+        "batch_size": Int(1, None, typical=(1, 32)),
+        "momentum": Real(0, 1, hi_open=True),
+    }
     central = True
     protocol = "fedsgd"
 
@@ -330,6 +338,12 @@ class DPBREMPlus(DPBREM):
     fixed-point reports; the server only learns the sum. See the module docstring for assumptions."""
 
     name = "dp-brem-plus"
+    param_space = {
+        **DPBREM.param_space,
+        "min_honest": Real(0, 1, lo_open=True),
+        "frac_bits": Int(0, 40, typical=(8, 24)),
+        "modulus_bits": Int((8, Ref("frac_bits", 3)), 62),
+    }
 
     def __init__(
         self,

@@ -32,6 +32,7 @@ from torch import Tensor
 from privfl.accounting.guarantees import gaussian_guarantee
 from privfl.core import Mechanism, PrivacyGuarantee
 from privfl.mechanisms import _checks
+from privfl.params import Choice, Real
 from privfl.registry import register
 
 __all__ = ["GaussianMechanism"]
@@ -44,6 +45,12 @@ class GaussianMechanism(Mechanism):
     (its guarantee is ``none``: ε = ∞)."""
 
     name = "gaussian"
+    unbiased = True  # inside the clip ball (clipping is then the identity; the noise has mean 0)
+    param_space = {
+        "clip_norm": Real(0, None, lo_open=True, log=True, typical=(0.1, 10.0)),
+        "noise_multiplier": Real(0, None, typical=(0.0, 4.0)),
+        "local": Choice(False, True),
+    }
 
     def __init__(self, clip_norm: float = 1.0, noise_multiplier: float = 1.0, local: bool = False) -> None:
         self.clip_norm = _checks.number("clip_norm", clip_norm, lo=0.0)

@@ -45,6 +45,7 @@ from torch import Tensor
 
 from privfl.accounting.guarantees import pmf_guarantee
 from privfl.core import Mechanism, PrivacyGuarantee
+from privfl.params import Int, Real
 from privfl.registry import register
 
 __all__ = [
@@ -61,6 +62,9 @@ __all__ = [
     "hash_collision_probability",
     "grr_perturb",
     "column_counts",
+    "bits_to_index",
+    "check_category",
+    "ue_bit_pmfs",
     "olh_default_g",
 ]
 
@@ -320,6 +324,28 @@ def hash_indicator(seeds: Tensor, y: Tensor, g: int, k: int) -> Tensor:
     return torch.div(r * g, HASH_PRIME, rounding_mode="floor") == y[:, None]
 
 
+def check_category(v: Any, k: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < k:
+        raise ValueError(f"v must be a category id in [0, k) = [0, {k}), got {v!r}")
+    return int(v)
+
+
+def ue_bit_pmfs(k: int, v: int, a: float, b: float) -> np.ndarray:
+    """``[k, 2]`` per-bit pmfs of a unary encoding: bit ``v`` is 1 w.p. ``a``, every other bit w.p. ``b``."""
+    one = np.full(k, b)
+    one[v] = a
+    return np.stack([1.0 - one, one], axis=1)
+
+
+def bits_to_index(bits: Tensor) -> Tensor:
+    """``[n, w]`` bit vectors (w <= 62) → int64 ``Σ_j bit_j 2^j`` (the enumeration of unary encodings)."""
+    if bits.shape[1] > 62:
+        raise ValueError(f"bits_to_index needs at most 62 bits per row, got {bits.shape[1]}")
+    weights = torch.ones(bits.shape[1], dtype=torch.int64, device=bits.device) << torch.arange(
+        bits.shape[1], device=bits.device)
+    return (bits.to(torch.int64) * weights).sum(dim=1)
+
+
 def olh_default_g(eps: float) -> int:
     """OLH's variance-optimal hashed domain size ``g = round(e^ε + 1)`` (Wang et al. 2017)."""
     return max(2, int(round(math.exp(eps) + 1)))
@@ -381,8 +407,27 @@ class FrequencyOracle(Mechanism):
         return (f * a * (1 - a) + (1 - f) * b * (1 - b)) / (n * (a - b) ** 2)
 
     # -- exact output distributions (for exact privacy checks) ------------------------------
+    #: keyword of :meth:`transition_matrix` that takes a report's public randomness (None: there is none)
+    public_key: ClassVar[str | None] = None
+    unbiased = True  # decode(privatize(v)) averages to the one-hot vector of v
+
     def transition_matrix(self, **public: Any) -> np.ndarray:
         """``M[v, o] = P(report = o | value v)`` over an enumeration of the outputs (tests, audits)."""
+        raise NotImplementedError
+
+    def output_pmf(self, v: int, *, public: Any = None, **options: Any) -> np.ndarray:
+        """Exact pmf of the report's outcome (the enumeration of :meth:`transition_matrix`) for the value
+        ``v``, given the report's public part ``public`` (:meth:`report_outcomes`); ``options`` go to
+        :meth:`transition_matrix` (e.g. ``stage="permanent"`` for memoizing protocols)."""
+        v = check_category(v, self.k)
+        if public is not None:
+            if self.public_key is None:
+                raise ValueError(f"{self.name} reports carry no public randomness, got public={public!r}")
+            options = {**options, self.public_key: tuple(int(t) for t in public)}
+        return self.transition_matrix(**options)[int(v)]
+
+    def report_outcomes(self, reports: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``(outcome, public)``: each report's index into :meth:`output_pmf` and its public part (or None)."""
         raise NotImplementedError
 
 
@@ -398,6 +443,10 @@ class GRR(FrequencyOracle):
     """
 
     name = "grr"
+    param_space = {
+        "k": Int(2, None, typical=(2, 12)),
+        "eps": Real(0, None, lo_open=True, log=True, typical=(0.1, 6.0)),
+    }
 
     def __init__(self, k: int, eps: float):
         self.k = check_k(k)
@@ -433,6 +482,9 @@ class GRR(FrequencyOracle):
         np.fill_diagonal(m, self.p)
         return m
 
+    def report_outcomes(self, reports: Tensor) -> tuple[Tensor, Tensor | None]:
+        return self._reports(reports).to(torch.int64), None
+
     def guarantee(self) -> PrivacyGuarantee:
         P, Q = grr_pmf_pair(self.p, self.q, self.k)
         return _guarantee(f"grr(k={self.k}, eps={self.eps:g})", P, Q,
@@ -455,6 +507,12 @@ class OLH(FrequencyOracle):
     """
 
     name = "olh"
+    public_key = "seed"
+    param_space = {
+        "k": Int(2, HASH_PRIME, typical=(2, 12)),
+        "eps": Real(0, None, lo_open=True, log=True, typical=(0.1, 6.0)),
+        "g": Int(2, HASH_PRIME, typical=(2, 8), optional=True),
+    }
 
     def __init__(self, k: int, eps: float, g: int | None = None):
         self.k = check_k(k)
@@ -501,6 +559,11 @@ class OLH(FrequencyOracle):
         m = np.full((self.k, self.g), self.q)
         m[np.arange(self.k), h] = self.p
         return m
+
+    def report_outcomes(self, reports: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The hashed report ``y`` given the public hash seed ``(a, b)``."""
+        reports = self._reports(reports)
+        return reports[:, 2], reports[:, :2]
 
     def guarantee(self) -> PrivacyGuarantee:
         P, Q = grr_pmf_pair(self.p, self.q, self.g, self.collision)
@@ -558,6 +621,16 @@ class _UnaryEncoding(FrequencyOracle):
             m[v] = np.prod(np.where(bits == 1, prob1[:, None], 1 - prob1[:, None]), axis=0)
         return m
 
+    def output_pmf(self, v: int, *, public: Any = None, **options: Any) -> np.ndarray:
+        """``[k, 2]``: the report's bits are independent, bit ``j`` is 1 w.p. ``p`` (j = v) or ``q``."""
+        if public is not None:
+            raise ValueError(f"{self.name} reports carry no public randomness, got public={public!r}")
+        return ue_bit_pmfs(self.k, int(check_category(v, self.k)), self.p, self.q)
+
+    def report_outcomes(self, reports: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``[n, k]`` bits: outcome of each component of :meth:`output_pmf`."""
+        return self._reports(reports).to(torch.int64), None
+
     def guarantee(self) -> PrivacyGuarantee:
         P, Q = ue_pmf_pair(self.p, self.q)
         return _guarantee(f"{self.name}(k={self.k}, eps={self.eps:g})", P, Q,
@@ -573,6 +646,10 @@ class OUE(_UnaryEncoding):
     """
 
     name = "oue"
+    param_space = {
+        "k": Int(2, None, typical=(2, 8)),
+        "eps": Real(0, None, lo_open=True, log=True, typical=(0.1, 6.0)),
+    }
 
     def __init__(self, k: int, eps: float):
         self._init(k, eps)
@@ -588,6 +665,10 @@ class SUE(_UnaryEncoding):
     """
 
     name = "sue"
+    param_space = {
+        "k": Int(2, None, typical=(2, 8)),
+        "eps": Real(0, None, lo_open=True, log=True, typical=(0.1, 6.0)),
+    }
 
     def __init__(self, k: int, eps: float):
         self._init(k, eps)

@@ -59,6 +59,7 @@ from privfl.mechanisms.longitudinal import (
     grr_chain,
     instantaneous_grr_p,
 )
+from privfl.params import Choice, Int, Real, Ref
 from privfl.registry import register
 
 __all__ = ["LOLOHA", "BiLOLOHA", "OLOLOHA", "optimal_g"]
@@ -95,6 +96,14 @@ class LOLOHA(LongitudinalOracle):
     """
 
     name = "loloha"
+    public_key = "seed"
+    param_space = {
+        "k": Int(2, HASH_PRIME, typical=(2, 12)),
+        "eps_inf": Real(0, None, lo_open=True, log=True, typical=(0.2, 6.0)),
+        "eps_1": Real(0, Ref("eps_inf"), lo_open=True, hi_open=True, log=True, typical=(0.05, 6.0), optional=True),
+        "g": Int(2, HASH_PRIME, typical=(2, 8), optional=True),
+        "calibration": Choice("paper", "exact"),
+    }
     public_width = 2
 
     def __init__(self, k: int, eps_inf: float, eps_1: float | None = None, g: int | None = None,
@@ -167,6 +176,11 @@ class LOLOHA(LongitudinalOracle):
         m[np.arange(self.k), h] = p
         return m
 
+    def report_outcomes(self, reports: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The hashed report ``y`` given the user's public hash seed ``(a, b)``."""
+        reports = self._reports(reports)
+        return reports[:, 2], reports[:, :2]
+
     def guarantee(self) -> PrivacyGuarantee:
         P, Q = grr_pmf_pair(self.same, self.other, self.g, self.collision)
         perm = grr_pmf_pair(self.p1, self.q1, self.g, self.collision)
@@ -185,6 +199,12 @@ class BiLOLOHA(LOLOHA):
     """BiLOLOHA: LOLOHA with ``g = 2`` (Arcolezi et al., EDBT 2023); spends at most ``2 · eps_inf``."""
 
     name = "biloloha"
+    param_space = {
+        "k": Int(2, HASH_PRIME, typical=(2, 12)),
+        "eps_inf": Real(0, None, lo_open=True, log=True, typical=(0.2, 6.0)),
+        "eps_1": Real(0, Ref("eps_inf"), lo_open=True, hi_open=True, log=True, typical=(0.05, 6.0), optional=True),
+        "calibration": Choice("paper", "exact"),
+    }
 
     def __init__(self, k: int, eps_inf: float, eps_1: float | None = None, calibration: str = "paper"):
         super().__init__(k, eps_inf, eps_1, g=2, calibration=calibration)
@@ -195,6 +215,12 @@ class OLOLOHA(LOLOHA):
     """OLOLOHA: LOLOHA with the paper's variance-optimal ``g`` (:func:`optimal_g`)."""
 
     name = "ololoha"
+    param_space = {
+        "k": Int(2, HASH_PRIME, typical=(2, 12)),
+        "eps_inf": Real(0, None, lo_open=True, log=True, typical=(0.2, 6.0)),
+        "eps_1": Real(0, Ref("eps_inf"), lo_open=True, hi_open=True, log=True, typical=(0.05, 6.0), optional=True),
+        "calibration": Choice("paper", "exact"),
+    }
 
     def __init__(self, k: int, eps_inf: float, eps_1: float | None = None, calibration: str = "paper"):
         super().__init__(k, eps_inf, eps_1, g=None, calibration=calibration)

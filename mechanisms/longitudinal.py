@@ -54,6 +54,8 @@ from privfl.mechanisms.ldp import (
     FrequencyOracle,
     _guarantee,
     bernoulli_bits,
+    bits_to_index,
+    check_category,
     check_client_ids,
     check_eps,
     check_generator,
@@ -63,8 +65,10 @@ from privfl.mechanisms.ldp import (
     column_counts,
     grr_perturb,
     grr_pmf_pair,
+    ue_bit_pmfs,
     ue_pmf_pair,
 )
+from privfl.params import Choice, Int, Real, Ref
 from privfl.registry import register
 
 __all__ = [
@@ -571,6 +575,12 @@ class LGRR(LongitudinalOracle):
     """
 
     name = "l-grr"
+    param_space = {
+        "k": Int(2, None, typical=(2, 12)),
+        "eps_inf": Real(0, None, lo_open=True, log=True, typical=(0.2, 6.0)),
+        "eps_1": Real(0, Ref("eps_inf"), lo_open=True, hi_open=True, log=True, typical=(0.05, 6.0), optional=True),
+        "calibration": Choice("paper", "exact"),
+    }
 
     def __init__(self, k: int, eps_inf: float, eps_1: float | None = None, calibration: str = "paper"):
         self.k = check_k(k)
@@ -617,6 +627,9 @@ class LGRR(LongitudinalOracle):
         m = np.full((self.k, self.k), q)
         np.fill_diagonal(m, p)
         return m
+
+    def report_outcomes(self, reports: Tensor) -> tuple[Tensor, Tensor | None]:
+        return self._reports(reports), None
 
     def guarantee(self) -> PrivacyGuarantee:
         P, Q = grr_pmf_pair(self.same, self.other, self.k)
@@ -709,6 +722,17 @@ class _LongitudinalUE(LongitudinalOracle):
             m[v] = np.prod(np.where(bits == 1, prob1[:, None], 1 - prob1[:, None]), axis=0)
         return m
 
+    def output_pmf(self, v: int, *, public: Any = None, stage: str = "report", **options: Any) -> np.ndarray:
+        """``[k, 2]`` per-bit pmfs of the first report (or of the permanent response, ``stage="permanent"``)."""
+        if public is not None:
+            raise ValueError(f"{self.name} reports carry no public randomness, got public={public!r}")
+        a, b = (self.p1, self.q1) if stage == "permanent" else (self.same, self.other)
+        return ue_bit_pmfs(self.k, check_category(v, self.k), a, b)
+
+    def report_outcomes(self, reports: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``[n, k]`` bits: outcome of each component of :meth:`output_pmf`."""
+        return self._reports(reports).to(torch.int64), None
+
     def guarantee(self) -> PrivacyGuarantee:
         P, Q = ue_pmf_pair(self.same, self.other)
         perm = ue_pmf_pair(self.p1, self.q1)
@@ -729,6 +753,11 @@ class LOSUE(_LongitudinalUE):
     ``p2 = (1 − q1 − 1/(e^{eps_1} + 1)) / (1 − 2 q1)`` (equal to the paper's closed form)."""
 
     name = "l-osue"
+    param_space = {
+        "k": Int(2, None, typical=(2, 8)),
+        "eps_inf": Real(0, None, lo_open=True, log=True, typical=(0.2, 6.0)),
+        "eps_1": Real(0, Ref("eps_inf"), lo_open=True, hi_open=True, log=True, typical=(0.05, 6.0), optional=True),
+    }
 
     def __init__(self, k: int, eps_inf: float, eps_1: float | None = None):
         self._init(k, eps_inf, eps_1)
@@ -747,6 +776,11 @@ class RAPPOR(_LongitudinalUE):
     (``k`` bits, one per category)."""
 
     name = "rappor"
+    param_space = {
+        "k": Int(2, None, typical=(2, 8)),
+        "eps_inf": Real(0, None, lo_open=True, log=True, typical=(0.2, 6.0)),
+        "eps_1": Real(0, Ref("eps_inf"), lo_open=True, hi_open=True, log=True, typical=(0.05, 6.0), optional=True),
+    }
 
     def __init__(self, k: int, eps_inf: float, eps_1: float | None = None):
         self._init(k, eps_inf, eps_1)
@@ -779,6 +813,12 @@ class DBitFlipPM(LongitudinalOracle):
     """
 
     name = "dbitflippm"
+    public_key = "sampled"
+    param_space = {
+        "k": Int(2, None, typical=(2, 10)),
+        "eps_inf": Real(0, None, lo_open=True, log=True, typical=(0.2, 6.0)),
+        "d": Int(1, Ref("k"), typical=(1, 4)),
+    }
 
     def __init__(self, k: int, eps_inf: float, d: int = 1):
         self.k = check_k(k)
@@ -863,6 +903,11 @@ class DBitFlipPM(LongitudinalOracle):
             prob1 = np.array([self.p if j == v else self.q for j in sampled])
             m[v] = np.prod(np.where(bits == 1, prob1[:, None], 1 - prob1[:, None]), axis=0)
         return m
+
+    def report_outcomes(self, reports: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The reported bits (as an index, bit ``j`` = sampled bucket ``j``) given the sampled buckets."""
+        buckets, bits = self._reports(reports)
+        return bits_to_index(bits), buckets
 
     def guarantee(self) -> PrivacyGuarantee:
         k, d, p, q = self.k, self.d, self.p, self.q

@@ -31,6 +31,7 @@ from privfl.accounting.guarantees import pmf_guarantee
 from privfl.core import Mechanism, PrivacyGuarantee
 from privfl.mechanisms import _checks
 from privfl.mechanisms.rqm import index_dtype
+from privfl.params import Int, Real
 from privfl.registry import register
 
 __all__ = ["PBM"]
@@ -41,6 +42,12 @@ class PBM(Mechanism):
     """Poisson Binomial Mechanism (Chen, Özgür, Kairouz 2022): Z ~ Binomial(m, 1/2 + θx/c) per coordinate."""
 
     name = "pbm"
+    unbiased = True
+    param_space = {
+        "c": Real(0, None, lo_open=True, log=True, typical=(0.1, 10.0)),
+        "m": Int(1, 1 << 20, typical=(1, 32)),
+        "theta": Real(0, 0.25, lo_open=True),
+    }
 
     def __init__(self, c: float = 1.0, m: int = 16, theta: float = 0.25) -> None:
         self.c = _checks.number("c", c, lo=0.0)
@@ -55,6 +62,12 @@ class PBM(Mechanism):
         """Exact pmf of Z over 0..m for the scalar input ``x`` (clipped to [−c, c])."""
         x = float(np.clip(_checks.number("x", x), -self.c, self.c))
         return binom.pmf(np.arange(self.m + 1), self.m, self.success_probability(x))
+
+    def report_outcomes(self, reports: Tensor) -> tuple[Tensor, None]:
+        """Every coordinate's count Z is one outcome of :meth:`output_pmf` (of that coordinate's input)."""
+        if not isinstance(reports, Tensor) or reports.is_floating_point():
+            raise ValueError("reports must be an integer tensor of counts from PBM.privatize")
+        return reports.reshape(-1).to(torch.int64), None
 
     def privatize(
         self, x: Tensor, *, generator: torch.Generator | None = None, client_ids: Tensor | None = None

@@ -44,6 +44,7 @@ from torch import Tensor
 from privfl.accounting.guarantees import pmf_guarantee
 from privfl.core import Mechanism, PrivacyGuarantee
 from privfl.mechanisms import _checks
+from privfl.params import Int, Real
 from privfl.registry import register
 
 __all__ = ["RQM", "index_dtype"]
@@ -63,6 +64,13 @@ class RQM(Mechanism):
     """
 
     name = "rqm"
+    unbiased = True
+    param_space = {
+        "c": Real(0, None, lo_open=True, log=True, typical=(0.1, 10.0)),
+        "delta": Real(0, None, lo_open=True, log=True, typical=(0.1, 10.0)),
+        "m": Int(2, 1 << 20, typical=(2, 16)),
+        "q": Real(0, 1, lo_open=True, typical=(0.05, 1.0)),
+    }
 
     def __init__(self, c: float = 1.0, delta: float = 1.0, m: int = 5, q: float = 0.5) -> None:
         self.c = _checks.number("c", c, lo=0.0)
@@ -101,6 +109,12 @@ class RQM(Mechanism):
                 pmf[b] += w * up
                 pmf[a] += w * (1.0 - up)
         return pmf
+
+    def report_outcomes(self, reports: Tensor) -> tuple[Tensor, None]:
+        """Every coordinate's level index is one outcome of :meth:`output_pmf` (of that coordinate's input)."""
+        if not isinstance(reports, Tensor) or reports.is_floating_point():
+            raise ValueError("reports must be an integer tensor of level indices from RQM.privatize")
+        return reports.reshape(-1).to(torch.int64), None
 
     # ------------------------------------------------------------------ the mechanism
     def privatize(

@@ -4,7 +4,8 @@
 no SPEC runs the bundled default. ``privfl report RUN_DIR`` rewrites the tables and plots.
 ``privfl list [KIND]`` shows the registered components. ``privfl audit SPEC [--delta D] [--png PATH]``
 prints ε per round for each configuration's mechanism, sampling and rounds (RDP and PLD side by
-side) without training.
+side) without training; with ``--empirical [--trials N]`` it attacks each configuration's mechanism
+instead and prints the accounted ε of one release next to empirical lower bounds (``evaluations/audit.py``).
 
 Exit codes: 0 success; 2 bad input (the reason on stderr: which field, what it got, what is
 allowed); 1 an internal error or a failed cell (recorded in the run's report).
@@ -16,6 +17,7 @@ import argparse
 import inspect
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from privfl import registry
@@ -30,14 +32,24 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_BAD_INPUT)
 
 
-def _workers(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--workers: got {text!r}; allowed: an integer >= 0") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"--workers: got {value}; allowed: an integer >= 0 (0 = in this process)")
-    return value
+def _int_at_least(low: int, note: str = "") -> Callable[[str], int]:
+    """An argparse type: an integer >= ``low`` (argparse names the option; the error gives value and range)."""
+    allowed = f"an integer >= {low}{note}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"got {text!r}; allowed: {allowed}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"got {value}; allowed: {allowed}")
+        return value
+
+    return parse
+
+
+_workers = _int_at_least(0, " (0 = in this process)")
+_trials = _int_at_least(8)
 
 
 def _delta(text: str) -> float:
@@ -65,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_audit.add_argument("spec", help="a YAML spec file or a bundled spec name")
     p_audit.add_argument("--delta", type=_delta, help="δ for every configuration (default: each scenario's delta)")
     p_audit.add_argument("--png", type=Path, help="also write a plot of ε vs round to this PNG")
+    p_audit.add_argument("--empirical", action="store_true",
+                         help="attack each configuration's mechanism instead: accounted ε of one release next to "
+                              "empirical lower bounds (black-box; canary and one-run for central mechanisms)")
+    p_audit.add_argument("--trials", type=_trials, default=100_000,
+                         help="--empirical: black-box trials per side (default 100000)")
     p_list = sub.add_parser("list", help="list registered components")
     p_list.add_argument("kind", nargs="?", help=f"one of: {', '.join(registry.KINDS)}")
     return parser
@@ -110,6 +127,11 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     from privfl.evaluations.privacy import audit_spec
     from privfl.evaluations.spec import load_spec
 
+    if args.empirical:
+        from privfl.evaluations.audit import audit_spec_empirical
+
+        print(audit_spec_empirical(load_spec(args.spec), delta=args.delta, png=args.png, trials=args.trials))
+        return EXIT_OK
     print(audit_spec(load_spec(args.spec), delta=args.delta, png=args.png))
     return EXIT_OK
 

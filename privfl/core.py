@@ -101,9 +101,25 @@ class Mechanism(ABC):
 
     Stateful mechanisms keep per-client state in an explicit, serialisable object keyed by
     client id (``client_ids`` selects the rows' owners); never in globals.
+
+    Optional members (used by :mod:`privfl.testing`; every registered mechanism declares the first):
+
+    - ``param_space``: the valid range of every constructor parameter (:mod:`privfl.params`).
+    - ``unbiased = True``: ``decode(privatize(x))`` is unbiased for ``x`` in the input domain
+      (the clip ball / ``[-c, c]``; category ids for frequency oracles): ``check_unbiased`` applies.
+    - Finite-output mechanisms: ``output_pmf(x, *, public=None, **options) -> np.ndarray``, the exact
+      probability of every outcome for one input ``x`` (a category id for frequency oracles, a
+      scalar for per-coordinate mechanisms), given the report's public randomness ``public`` (a
+      hash seed, sampled buckets; ``None`` where there is none) — or a ``[components, outcomes]``
+      table when the report is a product of independent components (the bits of a unary encoding) —
+      and ``report_outcomes(reports) -> (outcome [N] or [N, components] int64, public [N, w] or None)``,
+      which maps ``privatize``'s reports to indices into that pmf. With them ``check_privacy_loss`` computes
+      the privacy loss exactly and verifies by sampling that ``privatize`` follows the pmf.
     """
 
     name: ClassVar[str] = "mechanism"
+    #: ``decode(privatize(x))`` is an unbiased estimate of ``x`` on the input domain (see above).
+    unbiased: ClassVar[bool] = False
 
     @abstractmethod
     def privatize(

@@ -6,8 +6,9 @@ privfl's own tests use this module; it is public so that users test their own ru
     report = check_robust(MyRule(f=3), f=3, kappa=kappa_krum(15, 3))   # AssertionError if violated
     report.max_ratio, report.worst
 
-**(f, κ)-robustness** (Allouah, Farhadkhani, Guerraoui, Gupta, Pinot, Stephan, AISTATS 2023): a rule
-``F`` is (f, κ)-robust when for every input of ``n`` rows and every set ``S`` of ``n − f`` of them,
+**(f, κ)-robustness** (Allouah, Farhadkhani, Guerraoui, Gupta, Pinot, Stephan, "Fixing by Mixing: A
+Recipe for Optimal Byzantine ML under Heterogeneity", AISTATS 2023, PMLR 206:1232–1300): a rule ``F`` is
+(f, κ)-robust when for every input of ``n`` rows and every set ``S`` of ``n − f`` of them,
 ``‖F(x) − x̄_S‖² ≤ κ · (1/|S|) Σ_{i∈S} ‖x_i − x̄_S‖²``. :func:`check_robust` measures the ratio of the
 two sides on adversarial inputs — the honest set ``S`` is drawn (Gaussian, heavy-tailed, clustered, or
 with an honest outlier) and ``f`` rows are placed by known attacks (ALIE, sign flip, IPM, mimic, far
