@@ -572,7 +572,7 @@ def audit_spec_empirical(
     *,
     delta: float | None = None,
     png: str | Path | None = None,
-    trials: int = 100_000,
+    trials: int = 500_000,
     confidence: float = 0.95,
     seed: int = 0,
 ) -> str:

@@ -80,8 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_audit.add_argument("--empirical", action="store_true",
                          help="attack each configuration's mechanism instead: accounted ε of one release next to "
                               "empirical lower bounds (black-box; canary and one-run for central mechanisms)")
-    p_audit.add_argument("--trials", type=_trials, default=100_000,
-                         help="--empirical: black-box trials per side (default 100000)")
+    p_audit.add_argument("--trials", type=_trials, default=500_000,
+                         help="--empirical: black-box trials per side (default 500000)")
     p_list = sub.add_parser("list", help="list registered components")
     p_list.add_argument("kind", nargs="?", help=f"one of: {', '.join(registry.KINDS)}")
     return parser
