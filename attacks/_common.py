@@ -43,6 +43,7 @@ __all__ = [
     "check_real",
     "check_bool",
     "check_choice",
+    "AdamOptions",
     "normal",
     "use_vmap",
     "pack_reconstruction",
@@ -91,6 +92,41 @@ def check_generator(generator: object) -> torch.Generator | None:
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__} {generator!r}")
     return generator
+
+
+class AdamOptions:
+    """The hyper-parameters shared by the Adam-based attacks (Inverting Gradients, the unrolled
+    FedAvg inversion, SME), validated in one place, and their common dummy-data start.
+
+    ``iterations`` (int ≥ 1), ``lr`` (> 0, the data's step size), ``tv_weight`` (≥ 0), ``signed``,
+    ``boxed``, ``lr_decay`` (booleans) and ``vectorize`` (``"auto"``, True or False); the attack's
+    registry ``name`` labels the errors. Each attack keeps its own defaults in its signature.
+    """
+
+    name: str
+
+    def _set_adam_options(
+        self, *, iterations: object, lr: object, tv_weight: object, signed: object, boxed: object,
+        lr_decay: object, vectorize: object,
+    ) -> None:
+        n = self.name
+        self.iterations = check_int(n, "iterations", iterations, 1)
+        self.lr = check_real(n, "lr", lr, low=0.0, low_open=True)
+        self.tv_weight = check_real(n, "tv_weight", tv_weight, low=0.0)
+        self.signed = check_bool(n, "signed", signed)
+        self.boxed = check_bool(n, "boxed", boxed)
+        self.lr_decay = check_bool(n, "lr_decay", lr_decay)
+        self.vectorize = check_choice(n, "vectorize", vectorize, ("auto", True, False))
+
+    def _initial_data(self, problem: Problem, trials: Sequence[int], generator: torch.Generator | None,
+                      like: Tensor) -> Tensor:
+        """``N(0, 1)`` dummy data drawn as ``[*trials, N, *input_shape]`` and returned flattened to
+        ``[prod(trials), N, *input_shape]`` (projected into the pixel box when ``boxed``)."""
+        shape = (problem.num_examples, *problem.input_shape)
+        X0 = normal((*trials, *shape), generator, like).view(math.prod(trials), *shape)
+        if self.boxed:
+            problem.project(X0)
+        return X0
 
 
 def normal(shape: Sequence[int], generator: torch.Generator | None, like: Tensor) -> Tensor:

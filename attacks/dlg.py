@@ -3,8 +3,26 @@
 Minimise the squared Euclidean distance between the gradient of dummy data and the observed
 gradient, ``‖∇_w ℓ(F(x'), softmax(y')) − g‖²`` summed over all parameters, jointly over the dummy
 inputs ``x'`` and **soft labels** ``y'`` (logits of a label distribution), both initialised from
-``N(0, 1)``, with L-BFGS (lr 1, the PyTorch defaults of the reference code: up to 20 function
-evaluations per step, history 100), 300 steps. No image prior and no box constraint.
+``N(0, 1)``, with L-BFGS (lr 1, up to 20 function evaluations per step, history 100), 300 steps.
+No image prior and no box constraint.
+
+Two variants of the L-BFGS solve:
+
+* ``DLG(normalize=False, line_search=False)`` is the paper's reference code exactly: plain
+  ``torch.optim.LBFGS`` with its defaults — a **fixed** step (no line search) and the absolute
+  stopping tolerances ``tolerance_grad=1e-7`` (on ``max |∇|``) and ``tolerance_change=1e-9``.
+* The **default**, ``normalize=True, line_search=True``, minimises the same distance divided by
+  ``‖g‖²`` (same minimiser) with a strong-Wolfe line search. Why: on single ``lfw-faces`` images
+  with the sigmoid LeNet (U(−0.5, 0.5) weights) the reference variant failed on 3 of 8 images for
+  two distinct reasons. (1) When the untrained model is already confident on the true class
+  (p ≈ 0.9997), ``‖g‖² ≈ 1e-4`` and the absolute tolerances stop L-BFGS after one evaluation per
+  step while the distance is still ~20 % of ``‖g‖²`` (5–13 dB); normalising makes the stopping
+  rules relative to the gradient's scale. (2) With a fixed step L-BFGS can overshoot and stall
+  above the trivial distance ``‖g‖²`` (one image ended at 18.5 vs ``‖g‖² = 7.8``, 5 dB); the line
+  search guarantees descent. Normalising without the line search makes the fixed steps diverge on
+  the confident images. With both, 24 of 24 images reached ≥ 48 dB with the label recovered
+  (``benchmarks/inversion.py --only dlg``). Both variants keep the best iterate and score
+  restarts by the gradient-matching loss.
 
 When the labels are granted, or a ``label_strategy`` is given (``"idlg"`` gives iDLG, Zhao et al.
 2020), only ``x'`` is optimised with those hard labels. The loss must accept class-probability
@@ -12,7 +30,8 @@ targets for the joint variant (``torch.nn.CrossEntropyLoss`` does).
 
 L-BFGS keeps one curvature history and one step size for all its variables, so victims are not
 independent under a shared optimiser: several victims are attacked one after the other (plain
-autograd). The iterate with the lowest finite loss is returned (L-BFGS can diverge to NaN).
+autograd). The iterate with the lowest finite loss is returned (L-BFGS can diverge to NaN); the
+reported loss is the relative distance ``‖g' − g‖² / ‖g‖²`` when ``normalize`` is on.
 For a FedAvg update (``kind="delta"``) the attack needs ``lr`` and ``local_steps`` to turn it
 into the gradient scale, ``−(w_K − w_0)/(lr·K)`` (exact for K = 1).
 """
@@ -48,9 +67,11 @@ class DLG(PrivacyAttack):
 
     Parameters: ``iterations`` (300 L-BFGS steps), ``lr`` (1.0), ``max_iter_per_step`` (20),
     ``history_size`` (100), ``label_strategy`` (None: granted labels if any, else joint soft labels),
-    ``normalize`` (False; True divides the distance by ``‖g‖²``, same minimiser, so that L-BFGS's
-    absolute stopping tolerances act relative to the gradient's scale — useful for the tiny
-    gradients of confident models), ``restarts`` (1; more restarts keep the lowest final loss).
+    ``normalize`` (True: divide the distance by ``‖g‖²``, same minimiser, so that L-BFGS's absolute
+    stopping tolerances act relative to the gradient's scale), ``line_search`` (True: strong-Wolfe
+    line search; False: the fixed step of the reference code), ``restarts`` (1; more restarts keep
+    the lowest final gradient-matching loss). ``normalize=False, line_search=False`` is the
+    paper's variant; see the module docstring for why the default differs.
     """
 
     name = "dlg"
@@ -62,9 +83,9 @@ class DLG(PrivacyAttack):
         max_iter_per_step: int = 20,
         history_size: int = 100,
         label_strategy: str | None = None,
-        normalize: bool = False,
+        normalize: bool = True,
         restarts: int = 1,
-        line_search: bool = False,
+        line_search: bool = True,
     ) -> None:
         n = self.name
         self.line_search = check_bool(n, "line_search", line_search)
@@ -172,4 +193,5 @@ class DLG(PrivacyAttack):
         return best["x"], best["y"], final, count[0]
 
     def __repr__(self) -> str:
-        return f"DLG(iterations={self.iterations}, lr={self.lr}, label_strategy={self.label_strategy!r})"
+        return (f"DLG(iterations={self.iterations}, lr={self.lr}, normalize={self.normalize}, "
+                f"line_search={self.line_search}, restarts={self.restarts}, label_strategy={self.label_strategy!r})")

@@ -24,15 +24,13 @@ import torch
 from torch import Tensor
 
 from privfl.attacks._common import (
+    AdamOptions,
     Problem,
     Variable,
-    check_bool,
-    check_choice,
     check_generator,
     check_int,
     check_real,
     cosine_distance,
-    normal,
     pack_reconstruction,
     run_adam,
     total_variation,
@@ -55,7 +53,7 @@ def batch_schedule(num_examples: int, steps: int, batch_size: int, device: torch
 
 
 @register("privacy_attack", "fedavg-inversion")
-class FedAvgInversion(PrivacyAttack):
+class FedAvgInversion(AdamOptions, PrivacyAttack):
     """Unrolled FedAvg inversion (Geiping et al. 2020 §6; Dimitrov et al. 2022): simulate the K local
     SGD steps on dummy data and match the observed weight difference with the IG objective.
 
@@ -81,17 +79,12 @@ class FedAvgInversion(PrivacyAttack):
         vectorize: bool | str = "auto",
     ) -> None:
         n = self.name
-        self.iterations = check_int(n, "iterations", iterations, 1)
-        self.lr = check_real(n, "lr", lr, low=0.0, low_open=True)
-        self.tv_weight = check_real(n, "tv_weight", tv_weight, low=0.0)
+        self._set_adam_options(iterations=iterations, lr=lr, tv_weight=tv_weight, signed=signed, boxed=boxed,
+                               lr_decay=lr_decay, vectorize=vectorize)
         self.restarts = check_int(n, "restarts", restarts, 1)
-        self.signed = check_bool(n, "signed", signed)
-        self.boxed = check_bool(n, "boxed", boxed)
-        self.lr_decay = check_bool(n, "lr_decay", lr_decay)
         self.momentum = check_real(n, "momentum", momentum, low=0.0, high=1.0, high_open=True)
         self.weight_decay = check_real(n, "weight_decay", weight_decay, low=0.0)
         self.label_strategy = as_strategy(label_strategy, attack=n)
-        self.vectorize = check_choice(n, "vectorize", vectorize, ("auto", True, False))
 
     def attack(self, observation: Observation, *, generator: torch.Generator | None = None) -> Reconstruction:
         check_generator(generator)
@@ -107,9 +100,7 @@ class FedAvgInversion(PrivacyAttack):
         targets = problem.targets if obs.kind == "delta" else -local_lr * problem.targets
         R, V, N = self.restarts, problem.victims, problem.num_examples
         T = R * V
-        X0 = normal((R, V, N, *problem.input_shape), generator, targets).view(T, N, *problem.input_shape)
-        if self.boxed:
-            problem.project(X0)
+        X0 = self._initial_data(problem, (R, V), generator, targets)
         schedule = batch_schedule(N, K, B, targets.device)
         vectorized = use_vmap(problem, T, self.vectorize)
         X, losses, timing = solve_trials(

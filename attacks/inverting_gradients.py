@@ -30,15 +30,12 @@ import torch
 from torch import Tensor
 
 from privfl.attacks._common import (
+    AdamOptions,
     Problem,
     Variable,
-    check_bool,
-    check_choice,
     check_generator,
     check_int,
-    check_real,
     cosine_distance,
-    normal,
     pack_reconstruction,
     run_adam,
     total_variation,
@@ -83,7 +80,7 @@ def best_of_restarts(losses: Tensor, X: Tensor, restarts: int, victims: int) -> 
 
 
 @register("privacy_attack", "inverting-gradients")
-class InvertingGradients(PrivacyAttack):
+class InvertingGradients(AdamOptions, PrivacyAttack):
     """Inverting Gradients (Geiping et al., NeurIPS 2020): cosine gradient matching + TV,
     signed Adam, box constraint, step decay, restarts scored by the attack loss.
 
@@ -106,16 +103,10 @@ class InvertingGradients(PrivacyAttack):
         label_strategy: str | None = None,
         vectorize: bool | str = "auto",
     ) -> None:
-        n = self.name
-        self.iterations = check_int(n, "iterations", iterations, 1)
-        self.lr = check_real(n, "lr", lr, low=0.0, low_open=True)
-        self.tv_weight = check_real(n, "tv_weight", tv_weight, low=0.0)
-        self.restarts = check_int(n, "restarts", restarts, 1)
-        self.signed = check_bool(n, "signed", signed)
-        self.boxed = check_bool(n, "boxed", boxed)
-        self.lr_decay = check_bool(n, "lr_decay", lr_decay)
-        self.label_strategy = as_strategy(label_strategy, attack=n)
-        self.vectorize = check_choice(n, "vectorize", vectorize, ("auto", True, False))
+        self._set_adam_options(iterations=iterations, lr=lr, tv_weight=tv_weight, signed=signed, boxed=boxed,
+                               lr_decay=lr_decay, vectorize=vectorize)
+        self.restarts = check_int(self.name, "restarts", restarts, 1)
+        self.label_strategy = as_strategy(label_strategy, attack=self.name)
 
     def _targets(self, problem: Problem) -> Tensor:
         # A weight difference points against the accumulated gradient.
@@ -125,11 +116,9 @@ class InvertingGradients(PrivacyAttack):
         check_generator(generator)
         problem = unpack(observation, attack=self.name)
         labels, source = labels_for(problem, self.label_strategy)
-        R, V, N = self.restarts, problem.victims, problem.num_examples
+        R, V = self.restarts, problem.victims
         T = R * V
-        X0 = normal((R, V, N, *problem.input_shape), generator, problem.targets).view(T, N, *problem.input_shape)
-        if self.boxed:
-            problem.project(X0)
+        X0 = self._initial_data(problem, (R, V), generator, problem.targets)
         Y = labels.repeat(R, 1)
         G = self._targets(problem).repeat(R, 1)
         vectorized = use_vmap(problem, T, self.vectorize)

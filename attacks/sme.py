@@ -32,15 +32,12 @@ from torch import Tensor
 from torch.func import vmap
 
 from privfl.attacks._common import (
+    AdamOptions,
     Problem,
     Variable,
-    check_bool,
-    check_choice,
     check_generator,
-    check_int,
     check_real,
     cosine_distance,
-    normal,
     pack_reconstruction,
     run_adam,
     total_variation,
@@ -56,7 +53,7 @@ __all__ = ["SME"]
 
 
 @register("privacy_attack", "sme")
-class SME(PrivacyAttack):
+class SME(AdamOptions, PrivacyAttack):
     """SME (Zhu, Yao, Blaschko, ICML 2023): gradient inversion at a learned surrogate
     ``(1−α)·w_0 + α·w_T`` matched to the update direction, + TV.
 
@@ -81,16 +78,11 @@ class SME(PrivacyAttack):
         vectorize: bool | str = "auto",
     ) -> None:
         n = self.name
-        self.iterations = check_int(n, "iterations", iterations, 1)
-        self.lr = check_real(n, "lr", lr, low=0.0, low_open=True)
+        self._set_adam_options(iterations=iterations, lr=lr, tv_weight=tv_weight, signed=signed, boxed=boxed,
+                               lr_decay=lr_decay, vectorize=vectorize)
         self.alpha = check_real(n, "alpha", alpha, low=0.0, high=1.0)
         self.alpha_lr = check_real(n, "alpha_lr", alpha_lr, low=0.0, low_open=True)
-        self.tv_weight = check_real(n, "tv_weight", tv_weight, low=0.0)
-        self.signed = check_bool(n, "signed", signed)
-        self.boxed = check_bool(n, "boxed", boxed)
-        self.lr_decay = check_bool(n, "lr_decay", lr_decay)
         self.label_strategy = as_strategy(label_strategy, attack=n)
-        self.vectorize = check_choice(n, "vectorize", vectorize, ("auto", True, False))
 
     @property
     def learns_alpha(self) -> bool:
@@ -108,10 +100,8 @@ class SME(PrivacyAttack):
         if bool((deltas.norm(dim=1) == 0).any()):
             raise ValueError(f"{self.name}: an observed update is zero; its direction is undefined")
         labels, source = labels_for(problem, self.label_strategy)
-        V, N = problem.victims, problem.num_examples
-        X0 = normal((V, N, *problem.input_shape), generator, deltas)
-        if self.boxed:
-            problem.project(X0)
+        V = problem.victims
+        X0 = self._initial_data(problem, (V,), generator, deltas)
         alpha0 = torch.full((V,), self.alpha, device=deltas.device, dtype=deltas.dtype)
         vectorized = use_vmap(problem, V, self.vectorize)
         X, losses, timing = solve_trials(

@@ -30,6 +30,16 @@ any download (otherwise the reason is in ``series.inversion.lpips``). Reports ga
 ``inversion_grid*.png`` (one per setting — same ground truth, model, protocol, K and batch size: the
 ground-truth row, then one reconstruction row per defense or attack), ``inversion_psnr_eps.png``
 (PSNR vs ε) and ``inversion.md``.
+
+**No-information floor.** A defended PSNR means "nothing leaked" only if it is no better than what
+the same attack reaches from an observation that carries no information about the victim. A cell
+whose spec ``cases`` label is ``"no-information floor"`` is such a control —
+e.g. local Gaussian noise so large (multiplier 1000 on clip norm 1) that the victim's update is
+below float32 resolution of the noise, i.e. the attack inverts pure noise with the same grants,
+model and victims. The table gives every row of the same setting (dataset, model, protocol, K,
+batch, attack and its parameters) that floor's PSNR, and the PSNR-vs-ε plot draws it as a line.
+Every row also shows the PSNR of a flat mid-gray image (0.5) against the same ground truth (the
+grid images: the first example of each victim), the floor of a guess that uses no data at all.
 """
 
 from __future__ import annotations
@@ -52,9 +62,10 @@ from privfl.evaluations.scenario import Extension, Scenario, SpecError, register
 from privfl.evaluations.scoring import lpips_status, mean_std, score
 from privfl.seeding import make_generator
 
-__all__ = ["attack_records", "group_observations"]
+__all__ = ["attack_records", "group_observations", "FLOOR_LABEL"]
 
 GRANTABLE = Observation.GRANTABLE
+FLOOR_LABEL = "no-information floor"  # cells labelled so are the attack-on-noise control (see the docstring)
 
 
 # --------------------------------------------------------------------------------------------
@@ -330,16 +341,62 @@ def _setting(scenario: dict[str, Any]) -> str:
             f"/B{scenario.get('batch_size')}/{scenario.get('inversion_attack')}")
 
 
+def _is_floor(r: Any) -> bool:
+    """A floor cell's label holds the case label ``FLOOR_LABEL`` as one of its comma-separated parts
+    (the spec prefixes the axes that vary in its block, e.g. ``"model=lenet, no-information floor"``)."""
+    return FLOOR_LABEL in [part.strip() for part in str(r.label).split(",")]
+
+
+def _floor_key(scenario: dict[str, Any]) -> str:
+    """What a no-information floor must share with a row to be its floor: everything but the defense."""
+    steps = scenario.get("local_steps") if scenario.get("protocol") == "fedavg" else 1
+    return repr((scenario.get("dataset"), scenario.get("dataset_params"), scenario.get("model"),
+                 scenario.get("model_params"), scenario.get("protocol"), steps, scenario.get("batch_size"),
+                 scenario.get("inversion_attack"), sorted((scenario.get("inversion_attack_params") or {}).items()),
+                 scenario.get("inversion_label_strategy"), scenario.get("inversion_rounds"),
+                 sorted(scenario.get("inversion_grant") or [])))
+
+
+def _floors(cells: list[Any]) -> dict[str, list[float]]:
+    """Per setting, the PSNRs of every victim of its no-information floor cells."""
+    out: dict[str, list[float]] = {}
+    for r in cells:
+        if _is_floor(r):
+            out.setdefault(_floor_key(r.scenario), []).extend(
+                v["psnr"] for v in r.result["series"]["inversion"]["victims"])
+    return out
+
+
+def _gray_psnr(cells: list[Any]) -> list[float]:
+    """PSNR of a flat 0.5 image against each ground-truth grid image of ``cells``."""
+    out = []
+    for r in cells:
+        blob = r.result["series"]["inversion"].get("truth")
+        if blob is None:
+            continue
+        truth = _decode(blob).astype(np.float64) / 255.0
+        mse = ((truth - 0.5) ** 2).reshape(truth.shape[0], -1).mean(axis=1)
+        out += [float(-10.0 * np.log10(max(m, 1e-10))) for m in mse]
+    return out
+
+
 def _plot_psnr_eps(run_dir: Path, cells: list[Any]) -> Path | None:
     points: dict[str, list[tuple[float, float]]] = {}
     infinite: dict[str, list[float]] = {}
     def finite(r: Any) -> bool:
         eps = r.result["summary"].get("epsilon")
-        return eps is not None and math.isfinite(eps)
+        return eps is not None and math.isfinite(eps) and not _is_floor(r)
 
     swept = {_setting(r.scenario) for r in cells if finite(r)}  # settings with a noisy defense
     cells = [r for r in cells if _setting(r.scenario) in swept]
     several = len(swept) > 1
+    floors: dict[str, list[float]] = {}
+    for r in cells:
+        if _is_floor(r):
+            where = f" [{_setting(r.scenario)}]" if several else ""
+            floors.setdefault(FLOOR_LABEL + where, []).extend(
+                v["psnr"] for v in r.result["series"]["inversion"]["victims"])
+    cells = [r for r in cells if not _is_floor(r)]
     for r in cells:
         s = r.result["summary"]
         eps, p = s.get("epsilon"), s.get("inversion_psnr")
@@ -368,6 +425,9 @@ def _plot_psnr_eps(run_dir: Path, cells: list[Any]) -> Path | None:
     for i, (name, ps) in enumerate(sorted(infinite.items())):
         ax.axhline(statistics.fmean(ps), linestyle=styles[i % 3], linewidth=1, color=f"C{(i + len(points)) % 10}",
                    label=f"{name} (ε = ∞)")
+    for name, ps in sorted(floors.items()):
+        ax.axhline(statistics.fmean(ps), linestyle=":", linewidth=2, color="black", alpha=0.6,
+                   label=f"{name}: attack on pure noise")
     ax.set_xscale("log")
     ax.set_xlabel("ε spent (worst client, log scale)")
     ax.set_ylabel("reconstruction PSNR (dB)")
@@ -403,12 +463,20 @@ def _write_table(run_dir: Path, cells: list[Any]) -> Path:
     by_label: dict[str, list[Any]] = {}
     for r in cells:
         by_label.setdefault(r.label, []).append(r)
+    floors = _floors(cells)
     lines = [
         "# Gradient inversion", "",
         "Mean ± std over every attacked victim (all seeds) after optimal matching of the batch order; "
         "ε from the privacy ledger (∞: no formal guarantee); accuracy: the final test accuracy of the same run.",
-        "", "| setting | attack | defense | victims | PSNR (dB) | SSIM | label acc. | ε | accuracy |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "",
+        f"*Floor*: the PSNR the same attack reaches, in the same setting (model, protocol, batch, attack, "
+        f"grants, victims), from an observation that carries no information about the victim (the "
+        f"`{FLOOR_LABEL}` cells: the update drowned in Gaussian noise); '—' where the spec has no such "
+        f"cell. A defense whose PSNR is within the floor's spread leaked nothing this attack can use. "
+        f"*Gray*: a flat mid-gray image against the same ground truth (first example of each victim).",
+        "", "| setting | attack | defense | victims | PSNR (dB) | floor (dB) | gray (dB) | SSIM | label acc. | ε "
+        "| accuracy |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     reasons = set()
     for group in by_label.values():
@@ -428,9 +496,13 @@ def _write_table(run_dir: Path, cells: list[Any]) -> Path:
             params["labels"] = sc["inversion_label_strategy"]
         attack = sc.get("inversion_attack") + (
             "(" + ", ".join(f"{k}={v}" for k, v in sorted(params.items())) + ")" if params else "")
+        defense = _defense_name(sc)
+        if _is_floor(group[0]):
+            defense = f"**{FLOOR_LABEL}** (control): {defense}"
         lines.append(
-            f"| {setting} | {attack} | {_defense_name(sc)} | "
-            f"{len(victims)} | {_pm([v['psnr'] for v in victims])} | {_pm([v['ssim'] for v in victims])} | "
+            f"| {setting} | {attack} | {defense} | "
+            f"{len(victims)} | {_pm([v['psnr'] for v in victims])} | {_pm(floors.get(_floor_key(sc), []))} | "
+            f"{_pm(_gray_psnr(group))} | {_pm([v['ssim'] for v in victims])} | "
             f"{labels} | {_fmt(max(eps)) if eps else '—'} | "
             f"{_pm([a for a in acc if a is not None])} |"
         )

@@ -4,6 +4,7 @@ and the report's grid / table / PSNR-vs-ε outputs."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -108,13 +109,43 @@ def test_report_writes_grid_table_and_psnr_vs_eps(tmp_path, test_noise):
         "name": "inversion-test",
         "base": BASE,
         "grid": [{"mechanism": [None]},
-                 {"mechanism": [test_noise], "mechanism_params": [{"sigma": 0.05}, {"sigma": 0.5}]}],
+                 {"mechanism": [test_noise], "mechanism_params": [{"sigma": 0.05}, {"sigma": 0.5}]},
+                 {"cases": [{"label": "no-information floor", "mechanism": test_noise,
+                             "mechanism_params": {"sigma": 1000.0}}]}],
         "seeds": [0],
     })
     summary = run_spec(spec, tmp_path, workers=0, progress=False)
-    assert summary.ok and summary.done == 3
+    assert summary.ok and summary.done == 4
     assert (tmp_path / "inversion_grid.png").is_file() and (tmp_path / "inversion_psnr_eps.png").is_file()
     table = (tmp_path / "inversion.md").read_text()
     assert "no defense" in table and "test-noise(sigma=0.05)" in table and "LPIPS absent" in table
     assert "| analytic |" in table and "| ∞ |" in table  # no defense: ε = ∞
     assert "| granted |" in table
+    header = next(line for line in table.splitlines() if line.startswith("| setting"))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    rows = {}
+    for line in table.splitlines():
+        if line.startswith("| digits"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[cells[cols.index("defense")]] = dict(zip(cols, cells))
+    floor = next(r for name, r in rows.items() if name.startswith("**no-information floor** (control)"))
+    from types import SimpleNamespace
+
+    from privfl.evaluations.inversion import _is_floor
+
+    assert _is_floor(SimpleNamespace(label="model=lenet, no-information floor"))  # axes prefixed by the spec
+    assert not _is_floor(SimpleNamespace(label="model=lenet, gaussian, no-information floor (not)"))
+    assert len(rows) == 4
+    # every row of the setting carries the floor cell's own PSNR; the floor is far below the attack's
+    assert all(r["floor (dB)"] == floor["PSNR (dB)"] for r in rows.values())
+    assert float(floor["PSNR (dB)"].split(" ± ")[0]) < float(rows["no defense"]["PSNR (dB)"].split(" ± ")[0]) - 30
+    # the gray column: a flat 0.5 image against the stored ground truth, computed independently
+    from skimage.metrics import peak_signal_noise_ratio
+
+    from privfl.evaluations.inversion import _decode
+    from privfl.evaluations.store import Store
+
+    done = [r for r in Store(tmp_path).rows() if r.scenario.get("mechanism") is None]
+    truth = _decode(done[0].result["series"]["inversion"]["truth"]).astype(float) / 255
+    gray = [peak_signal_noise_ratio(t, 0.5 * np.ones_like(t), data_range=1.0) for t in truth]
+    assert rows["no defense"]["gray (dB)"] == f"{np.mean(gray):.3g} ± {np.std(gray, ddof=1):.2g}"  # sample std

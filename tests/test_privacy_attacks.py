@@ -107,6 +107,48 @@ def test_attack_improves_psnr_well_above_random_init(digits, name):
         assert rec.extra["label_source"] == "joint soft labels" and got.label_accuracy == 1.0
 
 
+def _digits_dlg_case(digits, seed: int, index: int, scale: float = 1.0):
+    """An untrained sigmoid LeNet, one digits image, labels not granted; the user's loss is
+    ``scale · cross-entropy`` (same minimiser, gradient scaled by ``scale``)."""
+    model = build(digits, "lenet", seed)
+    x, y = digits.x_train[index : index + 1], digits.y_train[index : index + 1]
+
+    def loss_fn(out, target):
+        return scale * F.cross_entropy(out, target)
+
+    params = list(model.parameters())
+    g = torch.cat([t.reshape(-1) for t in torch.autograd.grad(loss_fn(model(x), y), params)])
+    obs = Observation(model=model, update=g, kind="gradient", num_examples=1, input_shape=digits.input_shape,
+                      num_classes=10, loss_fn=loss_fn, data_mean=digits.mean, data_std=digits.std)
+    return obs, digits.to_pixels(x), y
+
+
+@pytest.mark.slow
+def test_dlg_default_is_scale_free_where_the_reference_variant_stalls(digits):
+    """A gradient 1e-4 times smaller (a confident model's, or a scaled loss) has the same minimiser.
+    The reference code's L-BFGS stops on its absolute tolerance (one evaluation per step, nothing
+    recovered); the default's normalised distance makes it converge as at scale 1."""
+    obs, truth, y = _digits_dlg_case(digits, 0, 155, scale=1e-4)
+    gen = torch.Generator
+    rec = privfl.make("privacy_attack", "dlg", iterations=40).attack(obs, generator=gen().manual_seed(0))
+    got = score(truth, rec.data, y, rec.labels)
+    assert got.psnr >= 30.0 and got.label_accuracy == 1.0, got
+    paper = privfl.make("privacy_attack", "dlg", iterations=40, normalize=False, line_search=False)
+    rec = paper.attack(obs, generator=gen().manual_seed(0))
+    assert rec.extra["function_evaluations"] == 40  # stalled: L-BFGS returns at once from every step
+    assert score(truth, rec.data).psnr < 15.0
+
+
+@pytest.mark.slow
+def test_dlg_default_line_search_recovers_where_fixed_steps_stall(digits):
+    # With the reference code's fixed L-BFGS step this case ends at 6 dB (distance 0.55 vs ‖g‖² 4.6).
+    obs, truth, y = _digits_dlg_case(digits, 2, 113)
+    rec = privfl.make("privacy_attack", "dlg", iterations=50).attack(obs, generator=torch.Generator().manual_seed(0))
+    got = score(truth, rec.data, y, rec.labels)
+    assert got.psnr >= 30.0 and got.label_accuracy == 1.0, got
+    assert rec.extra["label_source"] == "joint soft labels"
+
+
 def test_any_module_and_loss_the_user_passes(digits):
     """An unregistered model with a user loss (label-smoothed cross-entropy, tanh activations)."""
     torch.manual_seed(3)
@@ -241,6 +283,13 @@ def test_bad_parameters_and_inputs_are_rejected(digits):
         privfl.make("privacy_attack", "sme", alpha=1.5)
     with pytest.raises(ValueError, match="label_strategy"):
         privfl.make("privacy_attack", "dlg", label_strategy="psychic")
+    for name in ("inverting-gradients", "fedavg-inversion", "sme"):  # the shared Adam options, checked once
+        with pytest.raises(ValueError, match=f"{name}: vectorize must be one of"):
+            privfl.make("privacy_attack", name, vectorize="sometimes")
+        with pytest.raises(TypeError, match=f"{name}: signed must be True or False, got int 1"):
+            privfl.make("privacy_attack", name, signed=1)
+        with pytest.raises(ValueError, match=f"{name}: lr must be"):
+            privfl.make("privacy_attack", name, lr=0.0)
     attack = privfl.make("privacy_attack", "inverting-gradients", iterations=1)
     with pytest.raises(TypeError, match="Observation"):
         attack.attack({"update": torch.zeros(3)})
