@@ -167,6 +167,11 @@ class _ShejwalkarAttack(ByzantineAttack):
     """
 
     name = "shejwalkar"
+    param_space = {
+        "perturbation": Choice("std", "unit-vec", "sign"),
+        "gamma_init": Real(0, None, lo_open=True, log=True, typical=(0.1, 10.0)),
+        "tol": Real(0, None, lo_open=True, log=True, typical=(1e-7, 1e-3)),
+    }
 
     def __init__(self, perturbation: str = "std", gamma_init: float = 10.0, tol: float = 1e-5):
         if perturbation not in _PERTURBATIONS:
@@ -222,12 +227,6 @@ class MinMax(_ShejwalkarAttack):
     )
 
     name = "min-max"
-    param_space = {
-        "perturbation": Choice("std", "unit-vec", "sign"),
-        "gamma_init": Real(0, None, lo_open=True, log=True, typical=(0.1, 10.0)),
-        "tol": Real(0, None, lo_open=True, log=True, typical=(1e-7, 1e-3)),
-    }
-
     def satisfied(self, gamma, a, b, c, D):
         dist = a - 2 * gamma * b + gamma * gamma * c
         return dist.max() <= D.max()
@@ -242,12 +241,6 @@ class MinSum(_ShejwalkarAttack):
     )
 
     name = "min-sum"
-    param_space = {
-        "perturbation": Choice("std", "unit-vec", "sign"),
-        "gamma_init": Real(0, None, lo_open=True, log=True, typical=(0.1, 10.0)),
-        "tol": Real(0, None, lo_open=True, log=True, typical=(1e-7, 1e-3)),
-    }
-
     def satisfied(self, gamma, a, b, c, D):
         total = (a - 2 * gamma * b + gamma * gamma * c).sum()
         return total <= D.sum(dim=1).max()
