@@ -362,6 +362,10 @@ def run_adam(
     """Minimise ``objective() -> [T]`` (summed) with one Adam per variable; returns timing facts."""
     opts = [torch.optim.Adam([v.tensor], lr=v.lr) for v in variables]
     scheds = [torch.optim.lr_scheduler.MultiStepLR(o, milestones=milestones(iterations), gamma=0.1) for o in opts]
+    # CUDA kernels run asynchronously: without a synchronisation the times below would count launches only
+    cuda = [v.tensor.device for v in variables if v.tensor.device.type == "cuda"]
+    for dev in cuda:
+        torch.cuda.synchronize(dev)
     start = time.perf_counter()
     for _ in range(iterations):
         # Gradients for the optimised tensors only (not for the model's parameters).
@@ -374,6 +378,8 @@ def run_adam(
         if lr_decay:
             for s in scheds:
                 s.step()
+    for dev in cuda:
+        torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "iterations": float(iterations), "seconds_per_iteration": seconds / max(1, iterations)}
 

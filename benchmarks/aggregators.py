@@ -32,7 +32,13 @@ multiple of ``U``'s own size (``n·d·4`` bytes).
 MDA at ``f = 10`` would visit C(50, 10) ≈ 1e10 subsets: its guard refuses, and the table says so;
 ``mda (f=2)`` (1,225 subsets) is timed instead.
 
-Run: ``.venv/bin/python benchmarks/aggregators.py [--dims 100000,1000000] [--repeats 3] [--no-memory]``.
+``--device cuda`` (or ``auto``: CUDA when present) moves ``U`` to the GPU and synchronises around every
+timed call; the THP re-exec is skipped (it concerns the CPU allocator) and the peak extra memory is
+``torch.cuda.max_memory_allocated`` during the call minus the memory allocated before it, measured in
+the same process (the CUDA caching allocator's own reserve is not counted).
+
+Run: ``.venv/bin/python benchmarks/aggregators.py [--dims 100000,1000000] [--repeats 3] [--no-memory]
+[--device cpu|cuda|auto]``.
 """
 
 from __future__ import annotations
@@ -50,6 +56,8 @@ from functools import partial
 import torch
 
 import privfl
+
+CPU = torch.device("cpu")
 
 RULES: list[tuple[str, str, str, dict]] = [
     # (label, kind, name, params); f is added for rules that take it
@@ -83,42 +91,66 @@ def build(kind: str, name: str, params: dict, f: int):
 
 def call(rule, kind: str, U: torch.Tensor):
     if kind == "preaggregator":
-        return rule(U, generator=torch.Generator().manual_seed(0))
+        return rule(U, generator=torch.Generator(device=U.device).manual_seed(0))
     return rule(U)
 
 
-def timed(fn: Callable[[], object], repeats: int) -> float:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _once(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall time of one call, the device's queued work included."""
+    _sync(device)
+    start = time.perf_counter()
     fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    _sync(device)
+    return time.perf_counter() - start
 
 
-def interleaved_ratio(fn: Callable[[], object], ref: Callable[[], object], repeats: int) -> float:
+def timed(fn: Callable[[], object], repeats: int, device: torch.device = CPU) -> float:
+    fn()
+    _sync(device)
+    return statistics.median(_once(fn, device) for _ in range(repeats))
+
+
+def interleaved_ratio(fn: Callable[[], object], ref: Callable[[], object], repeats: int,
+                      device: torch.device = CPU) -> float:
     """median(fn) / median(ref) over ``repeats`` alternating calls (after one warm-up of each)."""
     fn()
     ref()
     a, b = [], []
     for _ in range(repeats):
         for f, acc in ((fn, a), (ref, b)):
-            start = time.perf_counter()
-            f()
-            acc.append(time.perf_counter() - start)
+            acc.append(_once(f, device))
     return statistics.median(a) / statistics.median(b)
 
 
-def matrix(n: int, f: int, d: int, attack: str) -> torch.Tensor:
-    """``n − f`` honest rows N(0, 1) and ``f`` rows of ``attack`` (``none``: all ``n`` rows honest)."""
+def matrix(n: int, f: int, d: int, attack: str, device: torch.device = CPU) -> torch.Tensor:
+    """``n − f`` honest rows N(0, 1) and ``f`` rows of ``attack`` (``none``: all ``n`` rows honest), drawn
+    on CPU (the same matrix whatever the device) and moved to ``device``."""
     g = torch.Generator().manual_seed(0)
     if attack == "none" or f == 0:
-        return torch.randn(n, d, generator=g, dtype=torch.float32)
+        return torch.randn(n, d, generator=g, dtype=torch.float32).to(device)
     honest = torch.randn(n - f, d, generator=g, dtype=torch.float32)
     params = {"z": 1.0} if attack == "alie" else {}
     bad = privfl.make("byzantine_attack", attack, **params)(honest, f, generator=g)
-    return torch.cat([bad, honest])
+    return torch.cat([bad, honest]).to(device)
+
+
+def cuda_peak_memory(rule, kind: str, U: torch.Tensor) -> float | None:
+    """Peak extra GPU memory (MB) of one call: ``max_memory_allocated`` during it minus the memory
+    allocated before it (``None`` when the rule refuses the input)."""
+    _sync(U.device)
+    torch.cuda.reset_peak_memory_stats(U.device)
+    base = torch.cuda.memory_allocated(U.device)
+    try:
+        call(rule, kind, U)
+    except ValueError:
+        return None
+    _sync(U.device)
+    return (torch.cuda.max_memory_allocated(U.device) - base) / 2**20
 
 
 def _status_kb(key: str) -> int:
@@ -168,9 +200,16 @@ def main() -> None:
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--no-thp", action="store_true",
                    help="keep torch's default CPU allocator (no THP_MEM_ALLOC_ENABLE=1)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
+                   help="where U lives (auto: cuda when available); default cpu")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
-    if not args.no_thp and os.environ.get("THP_MEM_ALLOC_ENABLE") != "1":
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device available")
+    device = torch.device(args.device)
+    if device.type == "cpu" and not args.no_thp and os.environ.get("THP_MEM_ALLOC_ENABLE") != "1":
         env = dict(os.environ, THP_MEM_ALLOC_ENABLE="1")  # read by torch's allocator: set before start
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
     dims = [int(float(x)) for x in args.dims.split(",")]
@@ -178,16 +217,22 @@ def main() -> None:
         child(args.child, args.n, args.f, dims[0], args.attack)
         return
     torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        where = (f"device cuda ({torch.cuda.get_device_name(device)}), synchronised around each call; "
+                 "memory: torch.cuda.max_memory_allocated")
+    else:
+        where = ("device cpu; CPU allocator: "
+                 f"{'transparent huge pages' if os.environ.get('THP_MEM_ALLOC_ENABLE') == '1' else 'default pages'}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), n={args.n}, f={args.f} "
-          f"({args.attack} rows), float32, median of {args.repeats} timed calls after one warm-up; CPU allocator: "
-          f"{'transparent huge pages' if os.environ.get('THP_MEM_ALLOC_ENABLE') == '1' else 'default pages'}")
+          f"({args.attack} rows), float32, median of {args.repeats} timed calls after one warm-up; {where}")
+    timed_ = partial(timed, repeats=args.repeats, device=device)
     for d in dims:
-        U = matrix(args.n, args.f, d, args.attack)
+        U = matrix(args.n, args.f, d, args.attack, device)
         size_mb = U.numel() * U.element_size() / 2**20
-        t_mean = timed(lambda U=U: U.mean(0), args.repeats)
-        t_gram = timed(lambda U=U: U @ U.T, args.repeats)
-        t_med = timed(lambda U=U: torch.median(U, 0), args.repeats)
-        t_zeros = timed(lambda U=U: torch.zeros_like(U), args.repeats)
+        t_mean = timed_(lambda U=U: U.mean(0))
+        t_gram = timed_(lambda U=U: U @ U.T)
+        t_med = timed_(lambda U=U: torch.median(U, 0))
+        t_zeros = timed_(lambda U=U: torch.zeros_like(U))
         print(f"\nd = {d:,}  (U: {size_mb:.0f} MB)   references: U.mean(0) {t_mean * 1e3:.1f} ms, "
               f"U @ U.T {t_gram * 1e3:.1f} ms, torch.median(U, 0) {t_med * 1e3:.1f} ms")
         print(f"first touch of a fresh [n, d] output, torch.zeros(n, d): {t_zeros * 1e3:.1f} ms "
@@ -203,19 +248,24 @@ def main() -> None:
             except ValueError as exc:
                 print(f"{label:20s} refused: {exc}")
                 continue
-            t = timed(lambda rule=rule, kind=kind, U=U: call(rule, kind, U), args.repeats)
-            mem = None if args.no_memory else peak_memory(label, args.n, args.f, d, args.attack)
+            t = timed_(lambda rule=rule, kind=kind, U=U: call(rule, kind, U))
+            if args.no_memory:
+                mem = None
+            elif device.type == "cuda":
+                mem = cuda_peak_memory(build(kind, name, params, args.f), kind, U)
+            else:
+                mem = peak_memory(label, args.n, args.f, d, args.attack)
             target = ""
             run = partial(call, rule, kind, U)
             if label in COORDINATE:
-                r = interleaved_ratio(run, lambda U=U: torch.median(U, 0), args.repeats)
+                r = interleaved_ratio(run, lambda U=U: torch.median(U, 0), args.repeats, device)
                 target = f"≤3× median: {'PASS' if r <= 3 else 'FAIL'} ({r:.2f}×, interleaved)"
             elif label in GRAM:
-                r = interleaved_ratio(run, lambda U=U: U @ U.T, args.repeats)
+                r = interleaved_ratio(run, lambda U=U: U @ U.T, args.repeats, device)
                 target = f"≤3× gram: {'PASS' if r <= 3 else 'FAIL'} ({r:.2f}×, interleaved)"
             elif label == "geometric-median":
                 it = rule.last_iterations
-                r = interleaved_ratio(run, lambda U=U: U.mean(0), args.repeats)
+                r = interleaved_ratio(run, lambda U=U: U.mean(0), args.repeats, device)
                 target = f"≤(it+1)× mean, it={it}: {'PASS' if r <= it + 1 else 'FAIL'} ({r:.1f}×, interleaved)"
             mem_txt = f"{mem:14.1f} {mem / size_mb:5.2f}" if mem is not None else f"{'—':>14s} {'':5s}"
             print(f"{label:20s} {t * 1e3:9.1f} {t / t_mean:7.1f} {t / t_gram:7.2f} {t / t_med:8.2f} "

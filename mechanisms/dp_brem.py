@@ -399,7 +399,7 @@ class DPBREMPlus(DPBREM):
             raise ValueError("reports must be the int64 [n, d] masked reports of DPBREMPlus.privatize")
         d = reports.shape[1]
         like = self.state.momentum if self.state.momentum is not None else (
-            byzantine if byzantine is not None else torch.zeros(1)
+            byzantine if byzantine is not None else torch.zeros(1, device=reports.device)
         )
         center = self._center(d, like)
         total = torch.remainder(reports.sum(dim=0), self.secagg.modulus)

@@ -248,14 +248,17 @@ def train_vmap(
         budget = (1 << 24) if opt.dp else (1 << 21)
         chunk = m if x.device.type == "cuda" else max(1, budget // max(1, per_client))
     chunk = max(1, min(m, chunk))
+    # the plan is moved once: a blocking host-to-device copy per step would stall the device's queue
+    index = plan.index.to(x.device)
+    mask = None if plan.mask is None else plan.mask.to(x.device, x.dtype)
     outs = []
     for lo in range(0, m, chunk):
         hi = min(m, lo + chunk)
         W = w0.unsqueeze(0).expand(hi - lo, -1).clone()
         buf = None
         for k in range(1 if gradient_only else opt.steps):
-            idx = plan.index[lo:hi, k].to(x.device)
-            mb = None if plan.mask is None else plan.mask[lo:hi, k].to(x.device, x.dtype)
+            idx = index[lo:hi, k]
+            mb = None if mask is None else mask[lo:hi, k]
             g = step_grad(W, x[idx], y[idx], mb)
             if gradient_only:
                 W = g
@@ -321,6 +324,8 @@ def train_loop(
     training (BatchNorm running statistics), for the server to average.
     """
     m = plan.index.shape[0]
+    index = plan.index.to(x.device)
+    mask = None if plan.mask is None else plan.mask.to(x.device, x.dtype)
     outs, client_buffers = [], []
     for i in range(m):
         local = copy.deepcopy(model)
@@ -333,8 +338,8 @@ def train_loop(
             weight_decay=opt.weight_decay,
         )
         for k in range(1 if gradient_only else opt.steps):
-            idx = plan.index[i, k].to(x.device)
-            mb = None if plan.mask is None else plan.mask[i, k].to(x.device, x.dtype)
+            idx = index[i, k]
+            mb = None if mask is None else mask[i, k]
             sgd.zero_grad(set_to_none=True)
             _weighted_ce(local(x[idx]), y[idx], mb).backward()
             if gradient_only:

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# One prepared GPU check: installs privfl without network, runs the device tests and every
+# benchmark on CUDA, then the bundled evaluation through the CLI with --device cuda.
+#
+#   bash benchmarks/gpu_check.sh OUTDIR        (on a machine with a CUDA GPU and torch)
+#
+# Wheels of packages missing on that machine (opacus, dp-accounting, dm-tree) may sit in .whl/;
+# they are installed into /tmp/site first. Every step has its own time limit and writes
+# OUTDIR/<step>.log (at most 8 files); a failing step does not stop the others.
+# Environment: PYTHON (default python3), DEVICE (default cuda; cpu for a dry run of the plumbing),
+# QUICK=1 (tiny sizes, for the dry run).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUTDIR=${1:-gpu-check}
+mkdir -p "$OUTDIR"
+PY=${PYTHON:-python3}
+DEV=${DEVICE:-cuda}
+QUICK=${QUICK:-0}
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
+START=$(date +%s)
+
+step() {  # step NAME SECONDS CMD...
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name (t=$(( $(date +%s) - START )) s, limit ${limit} s): $*"
+    timeout "$limit" "$@" >>"$OUTDIR/$name.log" 2>&1
+    local rc=$?
+    echo "   rc=$rc  (t=$(( $(date +%s) - START )) s)"
+    tail -n "${TAIL:-25}" "$OUTDIR/$name.log" | sed 's/^/   | /'
+}
+
+if [ "$QUICK" = 1 ]; then
+    FL_ARGS=(--clients 10 --steps 2 --repeats 1 --models mlp)
+    AGG_ARGS=(--dims 2000 --repeats 1 --no-memory)
+    MECH_ARGS=(--rows 10 --cols 1000 --repeats 1)
+    LDP_ARGS=(--n 1000)
+    INV_ARGS=(--only ig --images 1 --ig-iterations 20)
+    printf 'name: tiny\nbase: {dataset: digits, num_clients: 4, rounds: 2, local_steps: 2, batch_size: 8, model: mlp}\nseeds: [0]\n' >"$OUTDIR/tiny.yaml"
+    DEMO_SPEC=("$OUTDIR/tiny.yaml")
+else
+    FL_ARGS=(--repeats 3)
+    AGG_ARGS=(--repeats 5)
+    MECH_ARGS=(--repeats 5)
+    LDP_ARGS=()
+    INV_ARGS=(--only ig,sme --images 4)
+    DEMO_SPEC=()
+fi
+
+{
+    echo "date: $(date -u +%FT%TZ)"
+    nvidia-smi -L 2>&1 || true
+    if ls .whl/*.whl >/dev/null 2>&1; then
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+        export PYTHONPATH=/tmp/site
+    fi
+    "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e . &&
+        "$PY" -c "import torch, privfl, opacus, dp_accounting; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
+} >"$OUTDIR/install.log" 2>&1
+echo "== install: $(tail -n 1 "$OUTDIR/install.log")"
+[ -d /tmp/site ] && export PYTHONPATH=/tmp/site
+
+step tests 110 "$PY" -m pytest -q -p no:cacheprovider tests/test_devices.py
+step fl_round 80 "$PY" benchmarks/fl_round.py --device "$DEV" "${FL_ARGS[@]}"
+step aggregators 60 "$PY" benchmarks/aggregators.py --device "$DEV" "${AGG_ARGS[@]}"
+step mechanisms 40 "$PY" benchmarks/mechanisms.py --device "$DEV" "${MECH_ARGS[@]}"
+step mechanisms 30 "$PY" benchmarks/ldp.py --device "$DEV" "${LDP_ARGS[@]}"
+step inversion 90 "$PY" benchmarks/inversion.py --device "$DEV" "${INV_ARGS[@]}"
+step demo 130 "$PY" -m privfl.cli run "${DEMO_SPEC[@]}" --device "$DEV" --workers 4 --out "$OUTDIR/demo-run"
+cp "$OUTDIR/demo-run/results.md" "$OUTDIR/demo-results.md" 2>/dev/null
+rm -rf "$OUTDIR/demo-run"
+echo "== done in $(( $(date +%s) - START )) s"
