@@ -130,11 +130,16 @@ def finite_part(updates: Tensor, f: int, *, rule: str, min_rows: int = 1) -> tup
 # --------------------------------------------------------------------------------------------
 # Distances
 # --------------------------------------------------------------------------------------------
+# On a GPU one block of at most this many values (256 MB in float32): every column at once for the usual
+# sizes (n = 50 rows up to d = 1.3e6), bounded extra memory for larger models.
+_DEVICE_CHUNK_VALUES = 1 << 26
+
+
 def column_chunk(x: Tensor, rows: int | None = None) -> int:
-    """Columns per chunk: a few MB on CPU (cache-sized), everything at once on a GPU."""
-    if x.device.type != "cpu":
-        return max(1, x.shape[1])
+    """Columns per chunk: a few MB on CPU (cache-sized); on a GPU up to ``_DEVICE_CHUNK_VALUES`` values."""
     rows = rows or x.shape[0]
+    if x.device.type != "cpu":
+        return max(1, min(x.shape[1], _DEVICE_CHUNK_VALUES // max(1, rows)))
     return max(256, min(x.shape[1], (1 << 18) // max(1, rows)))
 
 
@@ -427,8 +432,8 @@ def median_window_mean(x: Tensor, k: int, *, rows: Tensor | None = None) -> Tens
     ``s_a``" (true on a prefix of ``[a₀, a₁)``, see :func:`window_mean_closest`), the window holds, for
     each ``a`` in ``[a₀, a₁)``, exactly one of ``s_a`` (``P(a)`` false) and ``s_{a+k}`` (``P(a)`` true),
     plus the ranks ``[a₁, a₀ + k)``: a sum of selected values, no gather and no differences of values.
-    Column chunks are cache-sized on CPU, the whole matrix at once on other devices; extra memory
-    ``O(m·chunk)``.
+    Column chunks are cache-sized on CPU, up to ``_DEVICE_CHUNK_VALUES`` values on other devices; extra
+    memory ``O(m·chunk)``.
     """
     m = x.shape[0] if rows is None else len(rows)
     d = x.shape[1]
@@ -437,7 +442,7 @@ def median_window_mean(x: Tensor, k: int, *, rows: Tensor | None = None) -> Tens
     a0, a1 = max(0, h - k), min(h, m - k)
     lo, hi = a0, a1 + k - 1  # ranks needed; S[r] below is rank lo + r
     out = torch.empty(d, dtype=x.dtype, device=x.device)
-    chunk = d if x.device.type != "cpu" else max(256, min(d, _NETWORK_CHUNK // max(1, m)))
+    chunk = column_chunk(x, m) if x.device.type != "cpu" else max(256, min(d, _NETWORK_CHUNK // max(1, m)))
     network = x.device.type == "cpu" and m <= _NETWORK_MAX_ROWS
     picked = list(range(m)) if rows is None else [int(r) for r in rows]
     for c0 in range(0, d, chunk):

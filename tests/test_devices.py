@@ -152,6 +152,22 @@ def test_rule_agrees_with_cpu(device, kind, name, kw, dtype):
     torch.testing.assert_close(got, want.to(device), **TOL[dtype])
 
 
+@pytest.mark.skipif(not CUDA, reason="the device chunk bound applies to GPUs only")
+@pytest.mark.parametrize("kind,name,kw", RULES, ids=[f"{n}{kw.get('f', '')}" for _, n, kw in RULES])
+def test_rule_in_bounded_device_chunks_agrees_with_cpu(monkeypatch, kind, name, kw):
+    """Large models are processed in column chunks of ``_DEVICE_CHUNK_VALUES`` on a GPU: force several
+    (ragged) chunks and compare with the CPU result."""
+    import privfl.defenses._common as common
+
+    n = 15 if name == "mda" else 31
+    monkeypatch.setattr(common, "_DEVICE_CHUNK_VALUES", 64 * n)  # 64 columns, 300 = 4·64 + 44
+    rule = privfl.make(kind, name, **kw)
+    x = _rows(n, 300, torch.float64)
+    want = _apply(rule, kind, x)
+    got = _apply(rule, kind, x.to("cuda"))
+    torch.testing.assert_close(got, want.to("cuda"), **TOL[torch.float64])
+
+
 @pytest.mark.parametrize("m,lo,hi", [(7, 0, 6), (31, 10, 20), (200, 50, 120)])
 def test_bulyan_coordinate_stage_agrees_with_sort(device, m, lo, hi):
     """The coordinate stage: a Batcher network (CPU, ≤ 128 rows) or torch.sort (more rows on CPU, any
