@@ -35,7 +35,11 @@ Five measurements (``--only`` picks some; all by default), each on freshly initi
   depend on the noise's scale.
 
 Single-threaded by default (``--threads``); the machine is shared, so seconds are noisy.
-Run: ``.venv/bin/python benchmarks/inversion.py [--only ig,dlg,sme,noise,vmap] [--images 4]``.
+``--device cuda`` (or ``auto``: CUDA when present) puts the datasets and models on the GPU (models are
+initialised on CPU from the same seeds, and the attacks' CPU generators give the same starting points)
+and synchronises around every timed attack; the ``noise`` mechanism then draws its noise with a
+generator on the GPU (other draws than on CPU, same distribution).
+Run: ``.venv/bin/python benchmarks/inversion.py [--only ig,dlg,sme,noise,vmap] [--images 4] [--device cpu|cuda|auto]``.
 """
 
 from __future__ import annotations
@@ -54,10 +58,28 @@ from privfl.core import Observation
 from privfl.evaluations.scoring import score
 from privfl.flat import flatten, layout_of
 
+DEVICE = torch.device("cpu")  # set by --device
+
+
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
+def _now() -> float:
+    """``time.perf_counter()`` after the device's queued work has finished."""
+    _sync()
+    return time.perf_counter()
+
+
+def load(name: str):
+    return privfl.make("dataset", name).to(DEVICE)
+
 
 def build(ds, name: str, seed: int, **opts):
-    torch.manual_seed(seed)
-    return privfl.make("model", name, input_shape=ds.input_shape, num_classes=ds.num_classes, **opts).eval()
+    torch.manual_seed(seed)  # initialised on CPU (same weights whatever the device), then moved
+    model = privfl.make("model", name, input_shape=ds.input_shape, num_classes=ds.num_classes, **opts)
+    return model.to(DEVICE).eval()
 
 
 def gradient(model, x, y):
@@ -76,8 +98,8 @@ def pick(ds, count: int, offset: int = 0) -> list[int]:
     return [(offset + (i * n) // count) % n for i in range(count)]
 
 
-def bench_ig(args, dataset: str = "natural-patches", model_name: str = "convnet") -> dict:
-    ds = privfl.make("dataset", dataset)
+def bench_ig(args, dataset_name: str = "natural-patches", model_name: str = "convnet") -> dict:
+    ds = load(dataset_name)
     opts = {"width": args.width} if model_name == "convnet" else {}
     attack = privfl.make("privacy_attack", "inverting-gradients", iterations=args.ig_iterations, tv_weight=args.tv)
     psnrs, secs = [], []
@@ -85,9 +107,9 @@ def bench_ig(args, dataset: str = "natural-patches", model_name: str = "convnet"
         model = build(ds, model_name, args.seed + k, **opts)
         x, y = ds.x_train[i : i + 1], ds.y_train[i : i + 1]
         obs = observation(ds, model, gradient(model, x, y), "gradient", 1, y)
-        start = time.perf_counter()
+        start = _now()
         rec = attack.attack(obs, generator=torch.Generator().manual_seed(k))
-        secs.append(time.perf_counter() - start)
+        secs.append(_now() - start)
         psnrs.append(score(ds.to_pixels(x), rec.data).psnr)
         print(f"  image {i:4d} (class {int(y)}): PSNR {psnrs[-1]:6.2f} dB in {secs[-1]:5.1f} s", flush=True)
     return {"psnr_mean": statistics.fmean(psnrs), "psnr_std": statistics.pstdev(psnrs), "s_per_image":
@@ -97,7 +119,7 @@ def bench_ig(args, dataset: str = "natural-patches", model_name: str = "convnet"
 
 def bench_dlg(args, **params) -> dict:
     """DLG on single lfw-faces images, one freshly initialised sigmoid LeNet per image."""
-    ds = privfl.make("dataset", "lfw-faces")
+    ds = load("lfw-faces")
     attack = privfl.make("privacy_attack", "dlg", **params)
     rows = []
     for k, i in enumerate(pick(ds, args.dlg_images, offset=3)):
@@ -105,9 +127,9 @@ def bench_dlg(args, **params) -> dict:
         x, y = ds.x_train[i : i + 1], ds.y_train[i : i + 1]
         g = gradient(model, x, y)
         obs = observation(ds, model, g, "gradient", 1, None)
-        start = time.perf_counter()
+        start = _now()
         rec = attack.attack(obs, generator=torch.Generator().manual_seed(k))
-        sec = time.perf_counter() - start
+        sec = _now() - start
         s = score(ds.to_pixels(x), rec.data, y, rec.labels)
         with torch.no_grad():
             p_true = float(torch.softmax(model(x), -1)[0, int(y)])
@@ -139,7 +161,7 @@ def local_update(model, x, y, *, steps: int, batch: int, lr: float, seed: int):
 
 
 def bench_sme(args) -> dict:
-    ds = privfl.make("dataset", "natural-patches")
+    ds = load("natural-patches")
     N, B, K = args.local_images, args.local_batch, args.local_steps
     model = build(ds, "convnet", args.seed, width=args.sme_width)
     victims = []
@@ -172,53 +194,107 @@ def bench_sme(args) -> dict:
     return out
 
 
-def bench_noise(args, dataset: str, model_name: str) -> dict:
-    """IG on unit-norm gradients + N(0, σ²) per coordinate for each σ, and the two no-information
-    controls, per victim; all observations of one victim (same model) attacked together (vmapped)."""
-    ds = privfl.make("dataset", dataset)
+NOISE_ATTACKS = {  # --noise-attacks name -> (registered attack, its parameters beyond the benchmark's)
+    "ig": ("inverting-gradients", {}),
+    "dlg": ("dlg", {}),
+    "dlg-paper": ("dlg", {"normalize": False, "line_search": False}),
+}
+
+
+def bench_noise(args, dataset_name: str, model_name: str, attack_name: str = "ig") -> dict:
+    """An attack on unit-norm gradients + N(0, σ²) per coordinate for each σ, and the two no-information
+    controls, per victim. IG: labels granted, all observations of one victim (same model) attacked
+    together (vmapped). DLG: labels recovered jointly (as in ``dlg``), each observation attacked on
+    its own from the same initialisation, plus the raw undefended gradient and, with σ = 0.01 swept,
+    that report multiplied by ‖g‖ (DLG's distance is not scale-invariant: this row hands it the norm)."""
+    ds = load(dataset_name)
     opts = {"width": args.width} if model_name == "convnet" else {}
-    attack = privfl.make("privacy_attack", "inverting-gradients", iterations=args.ig_iterations, tv_weight=args.tv)
+    registered, params = NOISE_ATTACKS[attack_name]
+    ig = registered == "inverting-gradients"
+    if ig:
+        params = {"iterations": args.ig_iterations, "tv_weight": args.tv}
+    attack = privfl.make("privacy_attack", registered, **params)
     sigmas = [float(v) for v in args.sigmas.split(",")]
     names = [f"sigma={s:g}" for s in sigmas] + ["floor: pure noise", "floor: other image"]
+    if not ig:
+        names += ["no defence (raw gradient)"] + (["sigma=0.01 x |g| (norm given)"] if 0.01 in sigmas else [])
     victims = pick(ds, args.images)
     table: dict[str, list[float]] = {n: [] for n in names}
+    ssims: dict[str, list[float]] = {n: [] for n in names}
+    accs: dict[str, list[float]] = {n: [] for n in names}
+    secs: list[float] = []
     d = None
     for k, i in enumerate(victims):
         model = build(ds, model_name, args.seed + k, **opts)
         x, y = ds.x_train[i : i + 1], ds.y_train[i : i + 1]
-        g = gradient(model, x, y)
-        d = g.numel()
-        g = g / g.norm()
+        raw = gradient(model, x, y)
+        d = raw.numel()
+        g = raw / raw.norm()
         rows = []
         for j, sigma in enumerate(sigmas):
             mech = privfl.make("mechanism", "gaussian", clip_norm=1.0, noise_multiplier=sigma, local=True)
-            gen = torch.Generator().manual_seed(1000 + 100 * k + j)
+            gen = torch.Generator(device=DEVICE).manual_seed(1000 + 100 * k + j)  # the mechanism draws on g's device
             rows.append(mech.decode(mech.privatize(g.unsqueeze(0), generator=gen))[0])
         gen = torch.Generator().manual_seed(5000 + k)
-        noise = torch.randn(g.shape, generator=gen)
+        noise = torch.randn(g.shape, generator=gen).to(DEVICE)
         rows.append(noise * (math.sqrt(1.0 + 0.01**2 * d) / noise.norm()))  # the norm of a sigma = 0.01 report
         j = victims[(k + 1) % len(victims)]  # another victim's image, independent of this one
+        if j == i:  # a single victim: the next training image
+            j = (i + 1) % ds.x_train.shape[0]
         other = gradient(model, ds.x_train[j : j + 1], ds.y_train[j : j + 1])
         rows.append(other / other.norm())
-        obs = observation(ds, model, torch.stack(rows), "gradient", 1, y.repeat(len(rows), 1))
-        rec = attack.attack(obs, generator=torch.Generator().manual_seed(k))
+        if not ig:
+            rows.append(raw)
+            if 0.01 in sigmas:
+                rows.append(rows[sigmas.index(0.01)] * raw.norm())
         truth = ds.to_pixels(x)
+        start = _now()
+        if ig:
+            obs = observation(ds, model, torch.stack(rows), "gradient", 1, y.repeat(len(rows), 1))
+            rec = attack.attack(obs, generator=torch.Generator().manual_seed(k))
+            recs = [(r, y) for r in rec.data]
+        else:  # one observation at a time, each from the same initialisation (seed k)
+            recs = []
+            for row in rows:
+                rec = attack.attack(observation(ds, model, row, "gradient", 1, None),
+                                    generator=torch.Generator().manual_seed(k))
+                recs.append((rec.data, rec.labels))
+        secs.append((_now() - start) / len(rows))
         cells = []
-        for n, r in zip(names, rec.data):
-            table[n].append(score(truth, r).psnr)
-            cells.append(f"{table[n][-1]:5.1f}")
+        for n, (r, labels) in zip(names, recs):
+            s = score(truth, r, y, labels)
+            table[n].append(s.psnr)
+            ssims[n].append(s.ssim if s.ssim is not None else math.nan)
+            accs[n].append(s.label_accuracy)
+            wrong = "" if ig or s.label_accuracy == 1.0 else " (label wrong)"
+            cells.append(f"{s.psnr:5.1f}{wrong}")
         print(f"  image {i:4d} (class {int(y)}), PSNR dB: " + ", ".join(f"{n} {c}" for n, c in zip(names, cells)),
               flush=True)
     out = {n: (statistics.fmean(v), statistics.pstdev(v)) for n, v in table.items()}
     floor = out["floor: pure noise"][0]
     reached = [s for s in sigmas if out[f"sigma={s:g}"][0] <= floor + 1.0]
     return {"table": out, "params": d, "images": len(victims), "floor": floor,
-            "sigma_at_floor": min(reached) if reached else None, "sigmas": sigmas}
+            "sigma_at_floor": min(reached) if reached else None, "sigmas": sigmas, "psnrs": table,
+            "ssim": {n: statistics.fmean(v) for n, v in ssims.items()},
+            "label_accuracy": {n: statistics.fmean(v) for n, v in accs.items()},
+            "s_per_observation": statistics.fmean(secs)}
+
+
+def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    """Student-t confidence interval of the mean."""
+    from scipy import stats
+
+    n = len(values)
+    m = statistics.fmean(values)
+    if n < 2:
+        return (math.nan, math.nan)
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * statistics.stdev(values) / math.sqrt(n)
+    return (m - half, m + half)
 
 
 def bench_vmap(args) -> dict:
     """IG on ``--victims`` single-image victims of one model: vmapped together vs one at a time."""
-    ds = privfl.make("dataset", "natural-patches")
+    ds = load("natural-patches")
     model = build(ds, "convnet", args.seed, width=args.width)
     idx = pick(ds, args.victims)
     rows = torch.stack([gradient(model, ds.x_train[i : i + 1], ds.y_train[i : i + 1]) for i in idx])
@@ -247,6 +323,10 @@ def main() -> None:
     p.add_argument("--sigmas", default="0.001,0.003,0.01,0.03,0.1", help="noise sweep for 'noise'")
     p.add_argument("--noise-settings", default="natural-patches/convnet,lfw-faces/lenet",
                    help="dataset/model pairs for 'noise'")
+    p.add_argument("--noise-attacks", default=None,
+                   help="attacks for 'noise', comma-separated: ig (default), dlg (labels recovered jointly), "
+                        "dlg-paper (normalize=False, line_search=False); naming any also prints SSIM, label "
+                        "accuracy, seconds and the 95%% t-interval of each mean")
     p.add_argument("--width", type=int, default=64, help="ConvNet width for ig / noise")
     p.add_argument("--ig-iterations", type=int, default=2000)
     p.add_argument("--tv", type=float, default=1e-3, help="IG's TV weight for ig / noise (library default 0.1)")
@@ -260,10 +340,20 @@ def main() -> None:
     p.add_argument("--unrolled-iterations", type=int, default=100,
                    help="iterations of the unrolled attack (its seconds per iteration is what the ratio needs)")
     p.add_argument("--vmap-iterations", type=int, default=200)
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
+                   help="where datasets, models and attacks run (auto: cuda when available); default cpu")
     args = p.parse_args()
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device available")
+    global DEVICE
+    DEVICE = torch.device(args.device)
     torch.set_num_threads(args.threads)
     only = {s.strip() for s in args.only.split(",") if s.strip()}
-    print(f"torch {torch.__version__}, {args.threads} thread(s)")
+    gpu = f" ({torch.cuda.get_device_name(DEVICE)}, TF32 {'on' if torch.backends.cudnn.allow_tf32 else 'off'} for " \
+        "convolutions)" if DEVICE.type == "cuda" else ""
+    print(f"torch {torch.__version__}, {args.threads} thread(s), device {DEVICE.type}{gpu}")
     checks = []
     if "ig" in only:
         print(f"IG, natural-patches 32x32 RGB, ConvNet width {args.width}, {args.ig_iterations} iterations, "
@@ -297,26 +387,44 @@ def main() -> None:
                        f"{r['sme']['psnr_mean']:.2f} vs {ig:.2f} dB"))
         checks.append(("SME s/iteration <= 1/5 unrolled", r["ratio"] <= 0.2, f"ratio {r['ratio']:.3f}"))
     if "noise" in only:
+        detail = args.noise_attacks is not None
+        attacks = [a.strip() for a in (args.noise_attacks or "ig").split(",") if a.strip()]
+        for a in attacks:
+            if a not in NOISE_ATTACKS:
+                p.error(f"--noise-attacks: unknown attack {a!r}; choose from {sorted(NOISE_ATTACKS)}")
         for setting in args.noise_settings.split(","):
             dataset, model_name = setting.strip().split("/")
-            print(f"IG ({args.ig_iterations} it., TV {args.tv}) on unit-norm gradients + N(0, sigma^2) per coordinate "
-                  f"(registered 'gaussian', local, clip 1), {dataset} / {model_name}:")
-            r = bench_noise(args, dataset, model_name)
-            d = r["params"]
-            for name, (m, sd) in r["table"].items():
-                extra = ""
-                if name.startswith("sigma="):
-                    sigma = float(name[6:])
-                    extra = f"  (noise norm ~ {sigma * math.sqrt(d):.3g} vs signal 1)"
-                print(f"  {name:22s} mean PSNR {m:6.2f} ± {sd:.2f} dB over {r['images']} victims{extra}")
-            at = r["sigma_at_floor"]
-            print(f"  d = {d} parameters; smallest swept sigma within 1 dB of the pure-noise floor "
-                  f"({r['floor']:.2f} dB): {at if at is not None else 'none of ' + str(r['sigmas'])}")
-            if 0.01 in r["sigmas"]:
-                m = r["table"]["sigma=0.01"][0]
-                checks.append((f"noise sigma=0.01 ({dataset} / {model_name}, d={d}): mean PSNR < 10 dB", m < 10.0,
-                               f"{m:.2f} dB; no-information floor {r['floor']:.2f} dB (pure noise), "
-                               f"{r['table']['floor: other image'][0]:.2f} dB (other image)"))
+            for attack_name in attacks:
+                if attack_name == "ig":
+                    print(f"IG ({args.ig_iterations} it., TV {args.tv}) on unit-norm gradients + N(0, sigma^2) per "
+                          f"coordinate (registered 'gaussian', local, clip 1), {dataset} / {model_name}:")
+                else:
+                    print(f"DLG {attack_name} ({NOISE_ATTACKS[attack_name][1] or 'library defaults'}, labels "
+                          f"recovered jointly) on unit-norm gradients + N(0, sigma^2) per coordinate (registered "
+                          f"'gaussian', local, clip 1), {dataset} / {model_name}:")
+                r = bench_noise(args, dataset, model_name, attack_name)
+                d = r["params"]
+                for name, (m, sd) in r["table"].items():
+                    extra = ""
+                    if name.startswith("sigma=") and " " not in name:
+                        sigma = float(name[6:])
+                        extra = f"  (noise norm ~ {sigma * math.sqrt(d):.3g} vs signal 1)"
+                    if detail:
+                        lo, hi = t_interval(r["psnrs"][name])
+                        extra = (f", 95% t-CI of mean [{lo:.2f}, {hi:.2f}], SSIM {r['ssim'][name]:.3f}, label "
+                                 f"accuracy {r['label_accuracy'][name]:.2f}" + extra)
+                    print(f"  {name:22s} mean PSNR {m:6.2f} ± {sd:.2f} dB over {r['images']} victims{extra}")
+                if detail:
+                    print(f"  {r['s_per_observation']:.1f} s per observation (mean over victims)")
+                at = r["sigma_at_floor"]
+                print(f"  d = {d} parameters; smallest swept sigma within 1 dB of the pure-noise floor "
+                      f"({r['floor']:.2f} dB): {at if at is not None else 'none of ' + str(r['sigmas'])}")
+                if 0.01 in r["sigmas"]:
+                    m = r["table"]["sigma=0.01"][0]
+                    who = "" if attack_name == "ig" else f"{attack_name}, "
+                    checks.append((f"noise sigma=0.01 ({who}{dataset} / {model_name}, d={d}): mean PSNR < 10 dB",
+                                   m < 10.0, f"{m:.2f} dB; no-information floor {r['floor']:.2f} dB (pure noise), "
+                                   f"{r['table']['floor: other image'][0]:.2f} dB (other image)"))
     if "vmap" in only:
         print(f"IG on {args.victims} victims of one ConvNet (width {args.width}), {args.vmap_iterations} iterations: "
               f"vmap over victims vs one victim at a time (plain autograd):")
