@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import configparser
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -157,10 +158,13 @@ def test_wheel_installs_and_imports_outside_editable_mode(tmp_path):
     work = tmp_path / "cwd"
     work.mkdir()
     # -I would also drop PYTHONPATH; -S is not possible (torch lives in site-packages). The editable
-    # finder of the venv is on sys.meta_path *after* the path finder, so PYTHONPATH entries win.
+    # finder of the venv is on sys.meta_path *after* the path finder, so PYTHONPATH entries win. The
+    # caller's PYTHONPATH (where dependencies may live) comes after the wheel; the asserts below check
+    # that every privfl module still came from the wheel.
+    path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
     proc = subprocess.run(
         [sys.executable, "-c", _CHECK],
-        cwd=work, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
+        cwd=work, env={"PYTHONPATH": path, "PATH": "/usr/bin:/bin"},
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr

@@ -320,10 +320,19 @@ def test_vmap_over_victims_equals_one_at_a_time(digits, name):
     plain = privfl.make("privacy_attack", name, iterations=25, vectorize=False).attack(
         both, generator=torch.Generator().manual_seed(5))
     assert not plain.extra["vectorized"]
-    torch.testing.assert_close(joint.data, plain.data, rtol=1e-4, atol=1e-4)
+    _same_path(joint.data, plain.data)
     # victim 0 alone (its own N(0,1) start drawn first from the same generator) follows the same path
     alone = attack.attack(obs[0], generator=torch.Generator().manual_seed(5))
-    torch.testing.assert_close(alone.data, joint.data[0], rtol=1e-4, atol=1e-4)
+    _same_path(alone.data, joint.data[0])
+
+
+def _same_path(a: torch.Tensor, b: torch.Tensor) -> None:
+    """Batched and unbatched kernels round differently, and the attacks step on the *sign* of the
+    gradient, so a near-zero coordinate can flip and move one pixel by a step: seen as 3e-4 on 1 of 128
+    pixels (Xeon, torch 2.11), 0 here. A victim mixed up with another differs on most pixels by ~0.1-1."""
+    diff = (a - b).abs()
+    assert float(diff.max()) < 1e-2, float(diff.max())
+    assert float((diff > 1e-4).float().mean()) <= 0.02, float((diff > 1e-4).float().mean())
 
 
 @pytest.mark.parametrize("name", ATTACKS)

@@ -400,7 +400,9 @@ def test_float32_distances_survive_a_large_common_offset_and_a_huge_outlier():
     exact = torch.cdist(X.double(), X.double()).square()
     D = pairwise_sq_distances(X)
     rel = ((D - exact).abs() / exact.clamp_min(1e-30))[~torch.eye(12, dtype=torch.bool)]
-    assert float(rel.max()) < 1e-6
+    # the scheme's bound is 0.5 * 1e-4 of the distance scale (defenses/_common.py); measured 6.7e-7 here
+    # and 1.2e-6 on a Xeon with torch 2.11 (other BLAS kernels); the naive float32 Gram below is > 1e-2 off
+    assert float(rel.max()) < 1e-5
     naive = (X @ X.T).double()  # what an uncentred float32 Gram gives
     r = naive.diagonal()
     naive_D = (r[:, None] + r[None] - 2 * naive)[1:, 1:]
