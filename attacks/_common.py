@@ -99,15 +99,18 @@ class AdamOptions:
     FedAvg inversion, SME), validated in one place, and their common dummy-data start.
 
     ``iterations`` (int ≥ 1), ``lr`` (> 0, the data's step size), ``tv_weight`` (≥ 0), ``signed``,
-    ``boxed``, ``lr_decay`` (booleans) and ``vectorize`` (``"auto"``, True or False); the attack's
-    registry ``name`` labels the errors. Each attack keeps its own defaults in its signature.
+    ``boxed``, ``lr_decay`` (booleans), ``vectorize`` (``"auto"``, True or False) and ``support``
+    (``"all"``, the papers' matching of every coordinate, or ``"observed"``: only the coordinates the
+    observed update carries, i.e. its non-zero entries — the adaptive attack on sparsified updates,
+    whose zeros say which coordinates a top-k client dropped, not that its gradient vanished there);
+    the attack's registry ``name`` labels the errors. Each attack keeps its own defaults in its signature.
     """
 
     name: str
 
     def _set_adam_options(
         self, *, iterations: object, lr: object, tv_weight: object, signed: object, boxed: object,
-        lr_decay: object, vectorize: object,
+        lr_decay: object, vectorize: object, support: object = "all",
     ) -> None:
         n = self.name
         self.iterations = check_int(n, "iterations", iterations, 1)
@@ -117,6 +120,12 @@ class AdamOptions:
         self.boxed = check_bool(n, "boxed", boxed)
         self.lr_decay = check_bool(n, "lr_decay", lr_decay)
         self.vectorize = check_choice(n, "vectorize", vectorize, ("auto", True, False))
+        self.support = check_choice(n, "support", support, ("all", "observed"))
+
+    def _support_mask(self, target: Tensor) -> Tensor | None:
+        """The 0/1 mask of the coordinates matched against ``target`` (``[T, d]``): ``None`` (all of
+        them) or, with ``support="observed"``, the target's non-zero entries."""
+        return None if self.support == "all" else (target != 0).to(target.dtype)
 
     def _initial_data(self, problem: Problem, trials: Sequence[int], generator: torch.Generator | None,
                       like: Tensor) -> Tensor:
@@ -325,8 +334,11 @@ def total_variation(x: Tensor, input_dims: int) -> Tensor:
     return dx + dy
 
 
-def cosine_distance(a: Tensor, b: Tensor) -> Tensor:
-    """``1 − ⟨a, b⟩ / (‖a‖ ‖b‖)`` row by row (``[T, d]`` → ``[T]``)."""
+def cosine_distance(a: Tensor, b: Tensor, mask: Tensor | None = None) -> Tensor:
+    """``1 − ⟨a, b⟩ / (‖a‖ ‖b‖)`` row by row (``[T, d]`` → ``[T]``), on the coordinates where ``mask``
+    (``[T, d]`` of 0/1, optional) is 1."""
+    if mask is not None:
+        a = a * mask
     tiny = torch.finfo(a.dtype).tiny
     num = (a * b).sum(-1)
     den = a.norm(dim=-1).clamp_min(tiny) * b.norm(dim=-1).clamp_min(tiny)

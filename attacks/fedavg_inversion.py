@@ -59,7 +59,8 @@ class FedAvgInversion(AdamOptions, PrivacyAttack):
 
     Parameters as :class:`~privfl.attacks.inverting_gradients.InvertingGradients` (``iterations``
     4800, ``lr`` 0.1, ``tv_weight`` 0.1, ``restarts`` 1, ``signed``, ``boxed``, ``lr_decay``,
-    ``label_strategy``, ``vectorize``), plus the assumed local ``momentum`` (0) and ``weight_decay`` (0).
+    ``label_strategy``, ``vectorize``, ``support``), plus the assumed local ``momentum`` (0) and
+    ``weight_decay`` (0).
     """
 
     name = "fedavg-inversion"
@@ -77,10 +78,11 @@ class FedAvgInversion(AdamOptions, PrivacyAttack):
         weight_decay: float = 0.0,
         label_strategy: str | None = None,
         vectorize: bool | str = "auto",
+        support: str = "all",
     ) -> None:
         n = self.name
         self._set_adam_options(iterations=iterations, lr=lr, tv_weight=tv_weight, signed=signed, boxed=boxed,
-                               lr_decay=lr_decay, vectorize=vectorize)
+                               lr_decay=lr_decay, vectorize=vectorize, support=support)
         self.restarts = check_int(n, "restarts", restarts, 1)
         self.momentum = check_real(n, "momentum", momentum, low=0.0, high=1.0, high_open=True)
         self.weight_decay = check_real(n, "weight_decay", weight_decay, low=0.0)
@@ -139,6 +141,7 @@ class FedAvgInversion(AdamOptions, PrivacyAttack):
                local_lr: float, vectorized: bool):
         X = X0.clone().requires_grad_(True)
         dims = len(problem.input_shape)
+        mask = self._support_mask(targets)
         if vectorized:
             from torch.func import vmap
 
@@ -151,7 +154,7 @@ class FedAvgInversion(AdamOptions, PrivacyAttack):
                 d = deltas(X, Y)
             else:
                 d = self._unroll(problem, leaf, X[0], Y[0], schedule, local_lr, False).unsqueeze(0)
-            return cosine_distance(d, targets) + self.tv_weight * total_variation(X, dims)
+            return cosine_distance(d, targets, mask) + self.tv_weight * total_variation(X, dims)
 
         timing = run_adam(
             [Variable(X, self.lr, signed=self.signed, project=problem.project if self.boxed else None)],

@@ -86,7 +86,9 @@ class InvertingGradients(AdamOptions, PrivacyAttack):
 
     Parameters: ``iterations`` (4800), ``lr`` (0.1), ``tv_weight`` (0.1), ``restarts`` (1),
     ``signed`` (True), ``boxed`` (True), ``lr_decay`` (True), ``label_strategy`` (None: labels
-    must be granted), ``vectorize`` ("auto": vmap over victims × restarts when there are several).
+    must be granted), ``vectorize`` ("auto": vmap over victims × restarts when there are several),
+    ``support`` ("all"; "observed" matches only the update's non-zero coordinates: the adaptive attack
+    on sparsified updates, see :class:`~privfl.attacks._common.AdamOptions`).
     """
 
     name = "inverting-gradients"
@@ -102,9 +104,10 @@ class InvertingGradients(AdamOptions, PrivacyAttack):
         lr_decay: bool = True,
         label_strategy: str | None = None,
         vectorize: bool | str = "auto",
+        support: str = "all",
     ) -> None:
         self._set_adam_options(iterations=iterations, lr=lr, tv_weight=tv_weight, signed=signed, boxed=boxed,
-                               lr_decay=lr_decay, vectorize=vectorize)
+                               lr_decay=lr_decay, vectorize=vectorize, support=support)
         self.restarts = check_int(self.name, "restarts", restarts, 1)
         self.label_strategy = as_strategy(label_strategy, attack=self.name)
 
@@ -135,13 +138,14 @@ class InvertingGradients(AdamOptions, PrivacyAttack):
         X = X0.clone().requires_grad_(True)
         leaf = None if vectorized else problem.leaf_params()
         dims = len(problem.input_shape)
+        mask = self._support_mask(G)
 
         def objective() -> Tensor:
             if vectorized:
                 grads = problem.batched_gradients(X, Y)
             else:
                 grads = problem.gradient(leaf, X[0], Y[0]).unsqueeze(0)
-            return cosine_distance(grads, G) + self.tv_weight * total_variation(X, dims)
+            return cosine_distance(grads, G, mask) + self.tv_weight * total_variation(X, dims)
 
         project = problem.project if self.boxed else None
         timing = run_adam(
@@ -155,5 +159,5 @@ class InvertingGradients(AdamOptions, PrivacyAttack):
     def __repr__(self) -> str:
         return (
             f"InvertingGradients(iterations={self.iterations}, lr={self.lr}, tv_weight={self.tv_weight}, "
-            f"restarts={self.restarts}, signed={self.signed}, boxed={self.boxed})"
+            f"restarts={self.restarts}, signed={self.signed}, boxed={self.boxed}, support={self.support!r})"
         )

@@ -59,7 +59,8 @@ class SME(AdamOptions, PrivacyAttack):
 
     Parameters: ``iterations`` (1000), ``lr`` (1.0, data), ``alpha`` (0.5, initial), ``alpha_lr``
     (1e-3), ``tv_weight`` (λ = 0.01), ``signed`` (False), ``boxed`` (True), ``lr_decay`` (True),
-    ``label_strategy`` (None: labels must be granted), ``vectorize`` ("auto").
+    ``label_strategy`` (None: labels must be granted), ``vectorize`` ("auto"), ``support`` ("all";
+    "observed": only the update's non-zero coordinates, the adaptive attack on sparsified updates).
     """
 
     name = "sme"
@@ -76,10 +77,11 @@ class SME(AdamOptions, PrivacyAttack):
         lr_decay: bool = True,
         label_strategy: str | None = None,
         vectorize: bool | str = "auto",
+        support: str = "all",
     ) -> None:
         n = self.name
         self._set_adam_options(iterations=iterations, lr=lr, tv_weight=tv_weight, signed=signed, boxed=boxed,
-                               lr_decay=lr_decay, vectorize=vectorize)
+                               lr_decay=lr_decay, vectorize=vectorize, support=support)
         self.alpha = check_real(n, "alpha", alpha, low=0.0, high=1.0)
         self.alpha_lr = check_real(n, "alpha_lr", alpha_lr, low=0.0, low_open=True)
         self.label_strategy = as_strategy(label_strategy, attack=n)
@@ -116,6 +118,7 @@ class SME(AdamOptions, PrivacyAttack):
         w0 = problem.flat(problem.params)
         dims = len(problem.input_shape)
         direction = -deltas  # w_0 − w_T
+        mask = self._support_mask(direction)
         gfn = problem.gradient_fn()
 
         def surrogate_gradient(a: Tensor, delta: Tensor, x: Tensor, y: Tensor) -> Tensor:
@@ -132,7 +135,7 @@ class SME(AdamOptions, PrivacyAttack):
             else:
                 params = fixed if fixed is not None else problem.unflat(w0 + alpha[0] * deltas[0])
                 grads = problem.gradient(params, X[0], Y[0]).unsqueeze(0)
-            return cosine_distance(grads, direction) + self.tv_weight * 0.5 * total_variation(X, dims)
+            return cosine_distance(grads, direction, mask) + self.tv_weight * 0.5 * total_variation(X, dims)
 
         def clamp_alpha(a: Tensor) -> None:
             with torch.no_grad():

@@ -5,6 +5,7 @@ vmap over victims = one victim at a time, determinism, no input mutation, and th
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -147,6 +148,59 @@ def test_dlg_default_line_search_recovers_where_fixed_steps_stall(digits):
     got = score(truth, rec.data, y, rec.labels)
     assert got.psnr >= 30.0 and got.label_accuracy == 1.0, got
     assert rec.extra["label_source"] == "joint soft labels"
+
+
+# --------------------------------------------------------------------------------------------
+# The adaptive attack on sparsified updates (support="observed")
+# --------------------------------------------------------------------------------------------
+def _top_k(update: torch.Tensor, sparsity: float, seed: int = 0) -> torch.Tensor:
+    mech = privfl.make("mechanism", "top-k", sparsity=sparsity)
+    return mech.decode(mech.privatize(update.unsqueeze(0), generator=torch.Generator().manual_seed(seed)))[0]
+
+
+def test_observed_support_makes_the_true_gradient_a_perfect_match(digits):
+    """On a top-k update, the true gradient matches perfectly on the kept coordinates (cosine distance 0),
+    whereas matching every coordinate leaves 1 − ‖top-k(g)‖/‖g‖ at the truth: the dropped coordinates'
+    zeros pull the plain attack away from the true image."""
+    from privfl.attacks._common import cosine_distance
+
+    model = build(digits, "lenet")
+    g = gradient(model, digits.x_train[:1], digits.y_train[:1]).double()
+    kept = _top_k(g, 0.9).unsqueeze(0)
+    g = g.unsqueeze(0)
+    mask = privfl.make("privacy_attack", "inverting-gradients", support="observed")._support_mask(kept)
+    assert int(mask.sum()) == math.ceil(0.1 * g.shape[1]) or int(mask.sum()) == int(0.1 * g.shape[1])
+    assert float(cosine_distance(g, kept, mask)) == pytest.approx(0.0, abs=1e-12)
+    assert float(cosine_distance(g, kept)) == pytest.approx(1.0 - float(kept.norm() / g.norm()), rel=1e-9)
+    assert float(cosine_distance(g, kept)) > 1e-3
+    assert privfl.make("privacy_attack", "inverting-gradients")._support_mask(kept) is None  # the default
+    with pytest.raises(ValueError, match="support"):
+        privfl.make("privacy_attack", "sme", support="nonzero")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["inverting-gradients", "sme", "fedavg-inversion"])
+def test_adaptive_attack_beats_the_plain_one_on_top_k_updates(name):
+    """top-k 90 % on lfw faces with the sigmoid LeNet, two victims: the plain attack ends near the
+    no-information floor, the adaptive one recovers the faces (measured with IG at 300 iterations: 9.5 vs
+    31 dB; 1000 iterations: 9.4 vs 27.2 dB over 3 victims). The least gain here: SME, 4.8 dB."""
+    faces = privfl.make("dataset", "lfw-faces")
+    facts = {"kind": "gradient"} if name == "inverting-gradients" else {"kind": "delta", "steps": 2, "batch": 1,
+                                                                         "lr": 0.1}
+    params = {"iterations": 300, "tv_weight": 1e-3, **({"lr": 0.1} if name == "sme" else {})}
+    gains = []
+    for k, i in enumerate((0, 100)):
+        model = build(faces, "lenet", k)
+        x, y = faces.x_train[i : i + 1], faces.y_train[i : i + 1]
+        obs = observe(faces, model, x, y, **facts)
+        obs = Observation(**{**obs.__dict__, "update": _top_k(obs.update, 0.9, k)})
+        psnr = {}
+        for support in ("all", "observed"):
+            attack = privfl.make("privacy_attack", name, support=support, **params)
+            rec = attack.attack(obs, generator=torch.Generator().manual_seed(k))
+            psnr[support] = score(faces.to_pixels(x), rec.data).psnr
+        gains.append(psnr["observed"] - psnr["all"])
+    assert min(gains) > 3.0, (name, gains)  # at least half the MSE on every victim
 
 
 def test_any_module_and_loss_the_user_passes(digits):
