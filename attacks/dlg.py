@@ -47,6 +47,7 @@ from torch import Tensor
 from privfl.attacks._common import (
     Problem,
     check_bool,
+    check_choice,
     check_generator,
     check_int,
     check_real,
@@ -70,8 +71,10 @@ class DLG(PrivacyAttack):
     ``normalize`` (True: divide the distance by ``‖g‖²``, same minimiser, so that L-BFGS's absolute
     stopping tolerances act relative to the gradient's scale), ``line_search`` (True: strong-Wolfe
     line search; False: the fixed step of the reference code), ``restarts`` (1; more restarts keep
-    the lowest final gradient-matching loss). ``normalize=False, line_search=False`` is the
-    paper's variant; see the module docstring for why the default differs.
+    the lowest final gradient-matching loss), ``support`` ("all"; "observed" matches only the
+    update's non-zero coordinates: the adaptive attack on sparsified updates).
+    ``normalize=False, line_search=False`` is the paper's variant; see the module docstring for why
+    the default differs.
     """
 
     name = "dlg"
@@ -86,8 +89,10 @@ class DLG(PrivacyAttack):
         normalize: bool = True,
         restarts: int = 1,
         line_search: bool = True,
+        support: str = "all",
     ) -> None:
         n = self.name
+        self.support = check_choice(n, "support", support, ("all", "observed"))
         self.line_search = check_bool(n, "line_search", line_search)
         self.normalize = check_bool(n, "normalize", normalize)
         self.restarts = check_int(n, "restarts", restarts, 1)
@@ -166,9 +171,13 @@ class DLG(PrivacyAttack):
         count = [0]
         scale = 1.0 / float(target.pow(2).sum().clamp_min(torch.finfo(target.dtype).tiny)) if self.normalize else 1.0
 
+        mask = None if self.support == "all" else (target != 0).to(target.dtype)
+
         def objective() -> Tensor:
             target_y = torch.softmax(y, dim=-1) if y is not None else labels
             g = problem.gradient(params, x, target_y)
+            if mask is not None:
+                g = g * mask
             return (g - target).pow(2).sum() * scale
 
         def closure() -> Tensor:
@@ -194,4 +203,5 @@ class DLG(PrivacyAttack):
 
     def __repr__(self) -> str:
         return (f"DLG(iterations={self.iterations}, lr={self.lr}, normalize={self.normalize}, "
-                f"line_search={self.line_search}, restarts={self.restarts}, label_strategy={self.label_strategy!r})")
+                f"line_search={self.line_search}, restarts={self.restarts}, label_strategy={self.label_strategy!r}, "
+                f"support={self.support!r})")

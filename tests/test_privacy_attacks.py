@@ -179,7 +179,7 @@ def test_observed_support_makes_the_true_gradient_a_perfect_match(digits):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["inverting-gradients", "sme", "fedavg-inversion"])
+@pytest.mark.parametrize("name", ["inverting-gradients", "sme", "fedavg-inversion", "dlg"])
 def test_adaptive_attack_beats_the_plain_one_on_top_k_updates(name):
     """top-k 90 % on lfw faces with the sigmoid LeNet, two victims: the plain attack ends near the
     no-information floor, the adaptive one recovers the faces (measured with IG at 300 iterations: 9.5 vs
@@ -188,6 +188,8 @@ def test_adaptive_attack_beats_the_plain_one_on_top_k_updates(name):
     facts = {"kind": "gradient"} if name == "inverting-gradients" else {"kind": "delta", "steps": 2, "batch": 1,
                                                                          "lr": 0.1}
     params = {"iterations": 300, "tv_weight": 1e-3, **({"lr": 0.1} if name == "sme" else {})}
+    if name == "dlg":  # L-BFGS, labels granted: 5.4 -> 10.0 and 5.6 -> 11.0 dB at 50 iterations
+        params = {"iterations": 50}
     gains = []
     for k, i in enumerate((0, 100)):
         model = build(faces, "lenet", k)
