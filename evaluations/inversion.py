@@ -257,6 +257,12 @@ def _inversion_rows(rows: list[Any]) -> list[Any]:
             and isinstance(r.result["series"].get("inversion"), dict)]
 
 
+def _attack_short(scenario: dict[str, Any]) -> str:
+    """The attack's name for a grid row, marked when it is the adaptive variant on sparsified updates."""
+    adaptive = (scenario.get("inversion_attack_params") or {}).get("support") == "observed"
+    return f"{scenario.get('inversion_attack')}{' (adaptive: kept coordinates only)' if adaptive else ''}"
+
+
 def _defense_name(scenario: dict[str, Any]) -> str:
     mech = scenario.get("mechanism")
     if not mech:
@@ -304,7 +310,7 @@ def _plot_grids(run_dir: Path, cells: list[Any]) -> list[Path]:
         nrows = 1 + len(group)
         fig, axes = plt.subplots(nrows, n, figsize=(1.1 * n + 2.6, 1.15 * nrows + 0.4), dpi=110, squeeze=False)
         rows_imgs = [("ground truth", truth)] + [
-            (f"{r.scenario.get('label') or _defense_name(r.scenario)}\n{r.scenario.get('inversion_attack')}, "
+            (f"{r.scenario.get('label') or _defense_name(r.scenario)}\n{_attack_short(r.scenario)}, "
              f"seed {r.seed}: {_fmt(r.result['summary'].get('inversion_psnr'))} dB",
              _decode(r.result["series"]["inversion"]["recon"]))
             for r in group
