@@ -1,7 +1,18 @@
 """Byzantine attacks on aggregation.
 
-Omniscient model poisoning, ``attack(honest [h, d], f) -> malicious [f, d]``: the attacker sees every
-honest row of the round (after worker momentum and any client-side mechanism) and sends ``f`` rows.
+Model poisoning, ``attack(rows [h, d], f) -> malicious [f, d]``. Every attack declares what it reads
+(``knowledge``, :class:`~privfl.core.ByzantineAttack`) and the simulation hands it exactly that:
+
+- ``"omniscient"`` (sign flip, IPM, ALIE, min-max, min-sum, mimic): every honest row of the round
+  (after worker momentum and any client-side mechanism);
+- ``"own-data"`` (``ipm-own-data``, ``alie-own-data``, ``min-max-own-data``, ``min-sum-own-data``): only
+  the Byzantine clients' own honest updates — each Byzantine client computes the update an honest
+  client would send from its own data and the public model, and the statistics (mean, std,
+  distances) are estimated from those rows, as the DP-BREM reference code does (Gu, Li, Xiong, USENIX
+  Security 2025: its IPM/ALIE use the clipped gradients of the Byzantine clients' own batches, its
+  min-max the momenta of those gradients). With a central DP mechanism these attacks keep the
+  release a function of honest data only through the noisy sum, so the accounted ε stays valid;
+- ``"public"`` (Gaussian, NaN, Inf): nothing but the shape (they are handed a zero matrix).
 Data poisoning (label flipping) is a client-side transform: the Byzantine clients then follow the
 protocol on poisoned data. All are registered as kind ``"byzantine_attack"``.
 
@@ -34,6 +45,10 @@ __all__ = [
     "NaNAttack",
     "InfAttack",
     "LabelFlip",
+    "IPMOwnData",
+    "ALIEOwnData",
+    "MinMaxOwnData",
+    "MinSumOwnData",
     "alie_z",
 ]
 
@@ -71,6 +86,7 @@ class SignFlip(ByzantineAttack):
     Allouah et al., AISTATS 2023, and ByzFL; ``scale = 1``)."""
 
     name = "sign-flip"
+    knowledge = "omniscient"
     param_space = {
         "scale": Real(0, None, lo_open=True, log=True, typical=(0.1, 10.0)),
     }
@@ -90,6 +106,7 @@ class IPM(ByzantineAttack):
     and ``ε = 100`` (overwhelms averaging-like rules) are the usual settings."""
 
     name = "ipm"
+    knowledge = "omniscient"
     param_space = {
         "epsilon": Real(0, None, lo_open=True, log=True, typical=(0.01, 100.0)),
     }
@@ -132,6 +149,7 @@ class ALIE(ByzantineAttack):
     """
 
     name = "alie"
+    knowledge = "omniscient"
     param_space = {
         "z": Real(None, None, typical=(-3.0, 3.0), optional=True),
     }
@@ -167,6 +185,7 @@ class _ShejwalkarAttack(ByzantineAttack):
     """
 
     name = "shejwalkar"
+    knowledge = "omniscient"
     param_space = {
         "perturbation": Choice("std", "unit-vec", "sign"),
         "gamma_init": Real(0, None, lo_open=True, log=True, typical=(0.1, 10.0)),
@@ -246,6 +265,58 @@ class MinSum(_ShejwalkarAttack):
         return total <= D.sum(dim=1).max()
 
 
+# --------------------------------------------------------------------------------------------
+# Own-data variants: the same rules, fed only the Byzantine clients' own honest updates
+# --------------------------------------------------------------------------------------------
+_OWN_DATA_NOTE = (
+    "\n\n**Own-data variant** (``knowledge = \"own-data\"``): the rows it receives are the Byzantine "
+    "clients' own honest updates (every Byzantine client of the run, participating this round or not, "
+    "as in the DP-BREM reference code), never the honest clients'; the honest statistics are estimated "
+    "from them. Valid with central DP: the ε of the run stays a guarantee."
+)
+
+
+@register("byzantine_attack", "ipm-own-data")
+class IPMOwnData(IPM):
+    __doc__ = (IPM.__doc__ or "") + _OWN_DATA_NOTE + (
+        " The DP-BREM reference code uses ``epsilon = 1``; the default stays the paper's 0.1.")
+    name = "ipm-own-data"
+    knowledge = "own-data"
+
+
+@register("byzantine_attack", "alie-own-data")
+class ALIEOwnData(ALIE):
+    __doc__ = (
+        "A little is enough from the Byzantine clients' own data: every malicious row is ``μ̂ − z·σ̂``, "
+        "``μ̂``/``σ̂`` the coordinate-wise mean and (unbiased) std of the Byzantine clients' own honest "
+        "updates (needs at least 2 Byzantine clients). ``z`` defaults to 1.0: the paper's ``z_max`` needs "
+        "the number of workers, which own data does not reveal (pass ``z`` computed with "
+        ":func:`alie_z` for your n, or the reference code's ``4·z_max``)." + _OWN_DATA_NOTE
+    )
+    name = "alie-own-data"
+    knowledge = "own-data"
+    param_space = {
+        "z": Real(None, None, typical=(-3.0, 3.0)),
+    }
+
+    def __init__(self, z: float = 1.0):
+        super().__init__(z=_finite_number("z", z, "alie-own-data"))
+
+
+@register("byzantine_attack", "min-max-own-data")
+class MinMaxOwnData(MinMax):
+    __doc__ = (MinMax.__doc__ or "") + _OWN_DATA_NOTE
+    name = "min-max-own-data"
+    knowledge = "own-data"
+
+
+@register("byzantine_attack", "min-sum-own-data")
+class MinSumOwnData(MinSum):
+    __doc__ = (MinSum.__doc__ or "") + _OWN_DATA_NOTE
+    name = "min-sum-own-data"
+    knowledge = "own-data"
+
+
 @register("byzantine_attack", "mimic")
 class Mimic(ByzantineAttack):
     """Mimic (Karimireddy, He, Jaggi, ICLR 2022): every malicious row copies one honest worker,
@@ -258,6 +329,7 @@ class Mimic(ByzantineAttack):
     """
 
     name = "mimic"
+    knowledge = "omniscient"
     param_space = {
         "target": Int(0, None, typical=(0, 2), optional=True),
     }
@@ -289,6 +361,7 @@ class GaussianAttack(ByzantineAttack):
     NeurIPS 2017, used ``std = 200``, the default)."""
 
     name = "gaussian"
+    knowledge = "public"
     randomized = True  # check_contract: different seeds must give different rows
     param_space = {
         "mean": Real(None, None, typical=(-10.0, 10.0)),
@@ -312,6 +385,7 @@ class NaNAttack(ByzantineAttack):
     """Every malicious row is all NaN (a crashed or buggy worker)."""
 
     name = "nan"
+    knowledge = "public"
     param_space = {}  # no parameters
 
     def __call__(self, honest: Tensor, f: int, *, generator: torch.Generator | None = None) -> Tensor:
@@ -324,6 +398,7 @@ class InfAttack(ByzantineAttack):
     """Every malicious row is all ``+Inf`` (``sign=-1``: ``−Inf``)."""
 
     name = "inf"
+    knowledge = "public"
     param_space = {
         "sign": Choice(1, -1),
     }
@@ -345,6 +420,7 @@ class LabelFlip(DataPoisoningAttack):
     Inputs are returned as they are (not copied); labels are a new tensor."""
 
     name = "label-flip"
+    knowledge = "own-data"
     param_space = {}  # no parameters
 
     def poison(

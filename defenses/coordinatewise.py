@@ -22,6 +22,7 @@ from privfl.defenses._common import (
     sorted_column_reduce,
     window_mean_closest,
 )
+from privfl.defenses._overflow import overflow_safe
 from privfl.params import Int, Real
 from privfl.registry import register
 
@@ -45,6 +46,7 @@ class Median(Aggregator):
     def __init__(self, f: int = 0):
         self.f = check_f(f, rule="median")
 
+    @overflow_safe
     def __call__(self, updates: Tensor) -> Tensor:
         check_updates(updates)
         n = updates.shape[0]
@@ -82,6 +84,7 @@ class TrimmedMean(Aggregator):
         """``b``, the number of values dropped at each end of a coordinate for ``n`` rows."""
         return self.f if self.beta is None else int(math.floor(self.beta * n))
 
+    @overflow_safe
     def __call__(self, updates: Tensor) -> Tensor:
         check_updates(updates)
         n = updates.shape[0]
@@ -116,6 +119,7 @@ class Meamed(Aggregator):
     def __init__(self, f: int = 0):
         self.f = check_f(f, rule="meamed")
 
+    @overflow_safe
     def __call__(self, updates: Tensor) -> Tensor:
         check_updates(updates)
         n = updates.shape[0]

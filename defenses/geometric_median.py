@@ -19,6 +19,7 @@ from privfl.defenses._common import (
     gram_and_distances,
     require,
 )
+from privfl.defenses._overflow import overflow_safe
 from privfl.params import Int, Real
 from privfl.registry import register
 
@@ -83,6 +84,7 @@ class GeometricMedian(Aggregator):
                 break
         return w, used
 
+    @overflow_safe
     def __call__(self, updates: Tensor) -> Tensor:
         check_updates(updates)
         n = updates.shape[0]

@@ -20,6 +20,7 @@ from privfl.defenses._common import (
     median_window_mean,
     require,
 )
+from privfl.defenses._overflow import overflow_safe
 from privfl.params import Int
 from privfl.registry import register
 
@@ -90,6 +91,7 @@ class MultiKrum(Aggregator):
         self.f = check_f(f, rule="multi-krum")
         self.m = None if m is None else check_int("m", m, minimum=1, rule="multi-krum")
 
+    @overflow_safe
     def __call__(self, updates: Tensor) -> Tensor:
         check_updates(updates)
         n = updates.shape[0]
@@ -164,6 +166,7 @@ class Bulyan(Aggregator):
             alive[i] = False
         return torch.tensor(chosen, dtype=torch.int64, device=D.device)
 
+    @overflow_safe
     def __call__(self, updates: Tensor) -> Tensor:
         check_updates(updates)
         n = updates.shape[0]

@@ -7,6 +7,7 @@ from torch import Tensor
 
 from privfl.core import Aggregator, check_updates
 from privfl.defenses._common import nonfinite_rows
+from privfl.defenses._overflow import overflow_safe
 from privfl.params import Int
 from privfl.registry import register
 
@@ -19,6 +20,11 @@ class Mean(Aggregator):
     mean tolerates no faulty input whatever ``f`` says (its breakdown point is 0).
     Following privfl's non-finite policy, a NaN/Inf row is an error here rather than a NaN
     aggregate: the mean has no way to discard a faulty row.
+
+    Overflow: the mean of finite rows is always finite and exact up to rounding — rows whose values
+    approach the dtype's max (e.g. 1e38 in float32, where a plain sum overflows to Inf) are divided
+    by a power of two before summing and the result multiplied back (:mod:`privfl.defenses._overflow`).
+    It is still the mean: one row at 1e38 drags the output to about 1e38/n.
     """
 
     name = "mean"
@@ -31,6 +37,7 @@ class Mean(Aggregator):
             raise ValueError(f"f must be an int >= 0, got {f!r}")
         self.f = f
 
+    @overflow_safe
     def __call__(self, updates: Tensor) -> Tensor:
         check_updates(updates)
         bad = nonfinite_rows(updates)  # one row-sum pass, exact check only on suspect rows

@@ -27,7 +27,7 @@ import torch
 
 from privfl import registry
 from privfl.accounting.guarantees import gaussian_guarantee
-from privfl.accounting.ledger import PrivacyLedger
+from privfl.accounting.ledger import PrivacyLedger, threat_model_warning
 from privfl.evaluations.report import register_plot
 from privfl.evaluations.scenario import Extension, Scenario, SpecError, register_extension
 
@@ -84,8 +84,15 @@ def _configure(scenario: Scenario, seed: int, kwargs: dict[str, Any]) -> None:
 
 def epsilon_summary(ledger: PrivacyLedger | None, delta: float, methods: tuple[str, ...]) -> dict[str, Any]:
     """``{"epsilon_<method>": ε, "privacy_unit": ...}``: the worst client, largest over units; ∞ when
-    there is no ledger (nothing private ran)."""
+    there is no ledger (nothing private ran). A voided ledger (omniscient Byzantine clients and a
+    central mechanism) gives no ε at all (``None``) and ``privacy_warning`` saying why."""
     out: dict[str, Any] = {}
+    if ledger is not None and ledger.void_reason is not None:
+        for m in methods:
+            out[f"epsilon_{m}"] = None
+        out["privacy_unit"] = "+".join(ledger.units) if ledger.units else "none"
+        out["privacy_warning"] = ledger.void_reason
+        return out
     if ledger is None:
         for m in methods:
             out[f"epsilon_{m}"] = math.inf
@@ -108,7 +115,13 @@ def _finish(scenario: Scenario, seed: int, sim: Any, summary: dict[str, Any], se
     summary["epsilon"] = figures.get(f"epsilon_{primary}")
     summary.update(figures)
     summary["delta"] = float(scenario.delta)
-    series["epsilon"] = [math.inf if r.epsilon is None else r.epsilon for r in sim.history]
+    note = getattr(sim.mechanism, "epsilon_unit", None)
+    if note and summary.get("epsilon") is not None:
+        summary["privacy_unit"] = note  # e.g. DP-BREM: record-level, per participating client
+    if getattr(sim.mechanism, "nonfinite", None) == "zero":
+        summary["nonfinite_rows_replaced"] = int(getattr(sim.mechanism, "nonfinite_replaced", 0))
+    voided = summary.get("privacy_warning") is not None
+    series["epsilon"] = [None if voided else math.inf if r.epsilon is None else r.epsilon for r in sim.history]
 
 
 register_extension(Extension(name="privacy", validate=_validate, configure=_configure, finish=_finish))
@@ -119,8 +132,10 @@ register_extension(Extension(name="privacy", validate=_validate, configure=_conf
 # --------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class AuditRow:
+    """ε after ``round`` (``None`` everywhere when the threat model voids the guarantee)."""
+
     round: int
-    epsilon_rdp: float
+    epsilon_rdp: float | None
     epsilon_pld: float | None
 
 
@@ -159,6 +174,12 @@ def audit_scenario(scenario: Scenario, *, delta: float | None = None, pld_rounds
                                 generator=make_generator(0, "partition"), **scenario.partition_params)
             dp_rate = min(1.0, scenario.batch_size / min(len(c) for c in clients if len(c)))
     parts: list[str] = []
+    attack = (registry.make("byzantine_attack", scenario.byzantine_attack, **scenario.byzantine_attack_params)
+              if scenario.byzantine and scenario.byzantine_attack else None)
+    warning = threat_model_warning(mech, attack, byzantine=bool(scenario.byzantine))
+    if warning is not None:
+        ledger.void(warning)
+        parts.append(warning)
     if mech is None and scenario.dp_noise <= 0:
         parts.append("no privatizing step: ε = ∞")
     worst = torch.tensor([0])
@@ -176,6 +197,9 @@ def audit_scenario(scenario: Scenario, *, delta: float | None = None, pld_rounds
         if scenario.dp_noise > 0:
             ledger.record(gaussian_guarantee(scenario.dp_noise, name="dp-sgd", unit="record"),
                           sampling_rate=dp_rate, count=steps, clients=worst, round=t)
+        if warning is not None:  # no number: it would not be a guarantee
+            rows.append(AuditRow(t + 1, None, None))
+            continue
         units = ledger.units
         eps_rdp = max(ledger.epsilon(delta, method="rdp", unit=u) for u in units)
         eps_pld = None
@@ -185,7 +209,7 @@ def audit_scenario(scenario: Scenario, *, delta: float | None = None, pld_rounds
     if mech is not None:
         g = mech.guarantee()
         central = getattr(mech, "central", False) and not hasattr(mech, "participation_guarantee")
-        what = f"{scenario.mechanism} ({g.name}, unit {g.unit}"
+        what = f"{scenario.mechanism} ({g.name}, unit {getattr(mech, 'epsilon_unit', None) or g.unit}"
         what += f", composed over d={dim} coordinates" if g.unit == "coordinate" else ""
         what += f", central, Poisson client sampling q={rate:g})" if central else ", worst client joins every round)"
         parts.append(what)
@@ -294,6 +318,9 @@ def audit_spec(spec: Any, *, delta: float | None = None, png: str | Path | None 
         shown = _shown_rounds(scenario.rounds)
         pld_at = sorted({shown[int(i)] for i in np.linspace(0, len(shown) - 1, min(10, len(shown)))})
         rows, what = audit_scenario(scenario, delta=d, pld_rounds=pld_at)
+        if rows and rows[0].epsilon_rdp is None:  # voided by the threat model: the warning, not ε
+            lines += [f"## {label}", "", f"ε: none reported — {what}", ""]
+            continue
         curves.append((label, rows))
         lines += [f"## {label}", "", f"{what}; δ = {d:g}; PLD at up to 10 of the rounds (— elsewhere)", "",
                   "| round | ε (RDP) | ε (PLD) |", "|---|---|---|"]

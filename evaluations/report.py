@@ -129,7 +129,17 @@ def _numeric(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _voided(group: list[CellRow], column: str) -> str | None:
+    """The threat-model warning shown instead of an ε column's number (privfl.accounting.ledger)."""
+    if not column.startswith("epsilon"):
+        return None
+    return next((w for g in group if (w := g.result["summary"].get("privacy_warning"))), None)
+
+
 def _cell_text(group: list[CellRow], column: str) -> str:
+    warning = _voided(group, column)
+    if warning is not None:
+        return warning.split(" (")[0]  # "not a DP guarantee: ..." (the full reason: privacy_warning)
     vals = [float(v) for g in group if _numeric(v := g.result["summary"].get(column))]
     if not vals:
         return "—"
@@ -144,7 +154,8 @@ def _sections(done: list[CellRow], columns: list[str]) -> dict[str, tuple[list[s
     for label, group in _groups(done).items():
         present = [
             c for c in columns
-            if not c.endswith("_std") and any(_numeric(g.result["summary"].get(c)) for g in group)
+            if not c.endswith("_std")
+            and any(_numeric(g.result["summary"].get(c)) or _voided([g], c) for g in group)
         ]
         mode = group[0].scenario.get("mode", "federated")
         key = f"{mode}|{','.join(present)}"

@@ -50,7 +50,37 @@ def generator(g: object) -> None:
 
 
 def clip_rows(x: Tensor, clip_norm: float) -> Tensor:
-    """Each row scaled to ℓ2 norm at most ``clip_norm`` (rows already inside are unchanged); a new tensor."""
+    """Each row scaled to ℓ2 norm at most ``clip_norm`` (rows already inside are unchanged); a new tensor.
+
+    Rows of finite values whose norm overflows the dtype (entries near its max) are scaled by their
+    largest entry first, so they are clipped along their direction rather than to zero or NaN."""
     norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
     factor = torch.clamp(clip_norm / norms.clamp_min(torch.finfo(x.dtype).tiny), max=1.0)
-    return x * factor
+    out = x * factor
+    over = torch.isinf(norms) & torch.isfinite(x).all(dim=1, keepdim=True)
+    if bool(over.any()):  # ‖x‖ beyond the dtype: x/max|x| has a norm in [1, √d], then scale to clip_norm
+        scale = x.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+        unit = x / scale
+        fixed = unit * (clip_norm / torch.linalg.vector_norm(unit, dim=1, keepdim=True))
+        out = torch.where(over, fixed, out)
+    return out
+
+
+def zero_nonfinite_rows(x: Tensor) -> tuple[Tensor, int]:
+    """The ``"zero"`` non-finite policy: rows holding NaN/±Inf replaced by the zero vector (a new tensor
+    only when some row is replaced); returns the rows and how many were replaced."""
+    if x.numel() == 0:
+        return x, 0
+    bad = ~torch.isfinite(x).all(dim=1)
+    k = int(bad.sum())
+    if k == 0:
+        return x, 0
+    return torch.where(bad.unsqueeze(1), torch.zeros((), dtype=x.dtype, device=x.device), x), k
+
+
+def require_finite(x: Tensor, mechanism: str) -> None:
+    """The ``"raise"`` non-finite policy: ``ValueError`` naming the rows that hold NaN/±Inf."""
+    if x.numel() and not bool(torch.isfinite(x).all()):
+        rows = torch.nonzero(~torch.isfinite(x).all(dim=1)).flatten().tolist()
+        raise ValueError(f"{mechanism}: x rows {rows[:10]} contain NaN or Inf; this mechanism's non-finite policy "
+                         "is to raise (it cannot bound a faulty row without hiding it)")

@@ -11,8 +11,12 @@ Leakage from Gradients", NeurIPS 2019, §5: pruning, half precision, int8) use e
 - ``quantize`` — stochastic uniform k-bit quantization (QSGD-style, Alistarh et al., NeurIPS 2017,
   with min–max scaling): per tensor, 2^k levels evenly spaced on [min, max]; each entry rounds to
   one of its two neighbouring levels with probabilities that make it unbiased.
-- ``fp16`` — round to IEEE half precision and back (deterministic; values beyond ±65504 become ±inf,
-  so inputs are clamped to the fp16 range first).
+- ``fp16`` — round to IEEE half precision and back (deterministic; finite values beyond ±65504 are
+  clamped to the fp16 range first).
+
+Non-finite input (``nonfinite = "raise"``): all three raise ``ValueError`` on a row holding NaN/±Inf —
+they bound nothing, so silently zeroing (or, for fp16, clamping ±Inf to ±65504) would hide a faulty
+client rather than contain it.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class _PerTensor(Mechanism):
     """Shared: the segments (tensors) of a row, set by :meth:`bind_layout`; whole row by default."""
 
     sizes: tuple[int, ...] | None = None
+    nonfinite = "raise"
 
     def bind_layout(self, layout: ParamLayout) -> None:
         """Apply the compressor per tensor of ``layout`` (called by the simulation)."""
@@ -74,6 +79,7 @@ class TopK(_PerTensor):
         self, x: Tensor, *, generator: torch.Generator | None = None, client_ids: Tensor | None = None
     ) -> Tensor:
         _checks.updates(x)
+        _checks.require_finite(x, self.name)
         out = torch.zeros_like(x)
         for lo, hi in self._segments(x.shape[1]):
             seg = x[:, lo:hi]
@@ -108,6 +114,7 @@ class Quantize(_PerTensor):
     ) -> Tensor:
         _checks.updates(x)
         _checks.generator(generator)
+        _checks.require_finite(x, self.name)
         levels = (1 << self.bits) - 1
         out = torch.empty_like(x)
         if x.shape[0] == 0:
@@ -115,13 +122,15 @@ class Quantize(_PerTensor):
         u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         for lo, hi in self._segments(x.shape[1]):
             seg = x[:, lo:hi]
-            mn = seg.amin(dim=1, keepdim=True)
-            scale = (seg.amax(dim=1, keepdim=True) - mn) / levels
-            safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-            t = (seg - mn) / safe
+            mn, mx = seg.amin(dim=1, keepdim=True), seg.amax(dim=1, keepdim=True)
+            # in halves, so that max − min cannot overflow for finite values near the dtype's max
+            half = (mx / 2 - mn / 2) / levels  # half the level spacing
+            safe = torch.where(half > 0, half, torch.ones_like(half))
+            t = (seg / 2 - mn / 2) / safe
             low = t.floor()
             q = low + (u[:, lo:hi] < (t - low)).to(x.dtype)
-            out[:, lo:hi] = torch.where(scale > 0, mn + q.clamp(0, levels) * scale, seg)
+            value = ((mn / 2 + q.clamp(0, levels) * half) * 2).clamp(mn, mx)
+            out[:, lo:hi] = torch.where(half > 0, value, seg)
         return out
 
     def report_bytes(self, reports: Tensor) -> float:
@@ -134,12 +143,14 @@ class FP16(Mechanism):
     """Round to half precision and back (values clamped to the fp16 range first)."""
 
     name = "fp16"
+    nonfinite = "raise"
     param_space = {}  # no parameters
 
     def privatize(
         self, x: Tensor, *, generator: torch.Generator | None = None, client_ids: Tensor | None = None
     ) -> Tensor:
         _checks.updates(x)
+        _checks.require_finite(x, self.name)
         big = torch.finfo(torch.float16).max
         return x.clamp(-big, big).to(torch.float16).to(x.dtype)
 

@@ -43,8 +43,38 @@ Not claimed: amplification by record sampling or by client sampling. The samplin
 persists in the hidden momentum, so the releases are not independent subsampled mechanisms and the
 standard subsampled-Gaussian analysis does not apply; privfl reports the (larger) ε without it.
 The guarantee protects honest clients' records against everyone who sees the releases (the server
-in DP-BREM+, the public in DP-BREM); Byzantine clients do not weaken it (their rows are clipped by
-the same projection, and their data are not protected).
+in DP-BREM+, the public in DP-BREM).
+
+*What the ε means (read before comparing numbers).* The unit is one **record**, and the ε is
+**per participating client**: client i's ε composes only the rounds i joins (k = 1, 2, …), so it is
+the worst client's figure, not a population-level one. It claims **no sampling amplification** —
+neither by the Poisson record sampling (the reference code samples records at p = 0.05) nor by
+client sampling — so it is an upper bound that can be one to two orders of magnitude above an
+amplified analysis of the same run. privfl has no proof of an amplified accountant for client
+momentum (the record-sampling randomness persists in the hidden momentum across rounds, so the
+releases are not independent subsampled Gaussians) and therefore reports none. The noise std is
+s = σ·R/B on the sum (the privatized quantity is an average over the expected batch B); the
+reference code adds σ·R, so its published σ values correspond to σ_privfl = σ_ref·B here, and do
+not transfer as they are.
+
+*When Byzantine clients leave the guarantee intact.* Byzantine rows are clipped by the same
+projection, so they never change the sensitivity bound **as long as they do not depend on honest
+data**: attacks that use only the Byzantine clients' own data and the public model
+(``knowledge = "own-data"``, e.g. ``alie-own-data``, or ``"public"``, data poisoning) keep the ε
+above valid. An omniscient attack (IPM, ALIE, min-max, min-sum, mimic reading the honest momenta) is
+a function of honest records that enters the release *before* the noise: with ``mimic`` copying
+client i's momentum f times, x changes the noisy sum by up to (f + 1)·Δ_k, which the accountant
+does not cover. privfl then reports no ε (:func:`privfl.accounting.ledger.threat_model_warning`).
+In DP-BREM+ the server and the Byzantine clients only see masked reports, whose joint law reveals
+nothing beyond the noisy sum, so there the ε stays valid (``noise_location = "client"``).
+
+*Non-finite input* (``nonfinite = "zero"``). A client row (g_i) holding NaN/±Inf is replaced by the
+zero vector before the momentum update, and a row entering the centered-clipping step (a
+momentum or a Byzantine row) holding NaN/±Inf contributes the zero vector (clip_C(0) = 0, no pull
+on m̄); both are counted in ``nonfinite_replaced``. Momenta are kept within the dtype's finite
+range, so the state (momenta, centre) can never become non-finite. The record-level bound is for
+rows produced by per-record clipping, which are finite for a finite model; a non-zero
+``nonfinite_replaced`` means that assumption failed for some client and should be investigated.
 
 **DP-BREM+ (no trusted server).** Each honest client sends y_i = clip_C(m_i − m̄) + ξ_i through a
 simulated secure aggregation, with noise *shares* ξ_i ~ N(0, s²/h), h = ⌈``min_honest``·n⌉ for the n
@@ -125,7 +155,10 @@ class MomentumState:
 class DPBREM(Mechanism):
     """DP-BREM with a trusted server (Gu, Li, Xiong, USENIX Security 2025): client momentum of
     per-record-clipped gradients, one centered-clipping step around the previous noisy aggregate,
-    Gaussian noise σ·R/B once on the sum. Needs FedSGD; sets the clients' per-record clipping."""
+    Gaussian noise σ·R/B once on the sum (the reference code uses σ·R: σ values do not transfer).
+    Needs FedSGD; sets the clients' per-record clipping. ε: record-level, per participating client,
+    no sampling amplification (an upper bound); void under omniscient Byzantine clients — see the
+    module docstring."""
 
     name = "dp-brem"
     param_space = {
@@ -137,6 +170,9 @@ class DPBREM(Mechanism):
     }
     central = True
     protocol = "fedsgd"
+    nonfinite = "zero"
+    #: the unit printed beside every DP-BREM ε (module docstring: what the ε means)
+    epsilon_unit = "record-level, per participating client, no sampling amplification"
 
     def __init__(
         self,
@@ -152,6 +188,7 @@ class DPBREM(Mechanism):
         self.batch_size = _checks.integer("batch_size", batch_size, lo=1)
         self.momentum = _checks.number("momentum", momentum, lo=0.0, hi=1.0, lo_open=False, hi_open=True)
         self.state = MomentumState()
+        self.nonfinite_replaced = 0
 
     # ------------------------------------------------------------------ analysis
     @property
@@ -202,7 +239,10 @@ class DPBREM(Mechanism):
             raise ValueError(f"client_ids must be {x.shape[0]} distinct int ids >= 0, one per row, got {client_ids!r}")
         self.state.ensure(int(ids.max()) + 1 if len(ids) else 0, x.shape[1], x)
         dev_ids = ids.to(self.state.momentum.device)
-        m = (1.0 - self.momentum) * x + self.momentum * self.state.momentum[dev_ids]
+        x, replaced = _checks.zero_nonfinite_rows(x)
+        self.nonfinite_replaced += replaced
+        big = torch.finfo(x.dtype).max  # a convex combination of finite rows: only rounding could overflow
+        m = ((1.0 - self.momentum) * x + self.momentum * self.state.momentum[dev_ids]).clamp_(-big, big)
         self.state.momentum[dev_ids] = m
         self.state.joined[dev_ids] += 1
         return m, dev_ids
@@ -245,13 +285,16 @@ class DPBREM(Mechanism):
         center = self._center(rows.shape[1], rows)
         if rows.shape[0] == 0:
             return self._step(torch.zeros_like(center), 0)
-        total = _checks.clip_rows(rows - center, self.clip_norm).sum(dim=0)
+        centred, replaced = _checks.zero_nonfinite_rows(rows - center)
+        self.nonfinite_replaced += replaced
+        total = _checks.clip_rows(centred, self.clip_norm).sum(dim=0)
         total = total + self.noise_std * torch.randn(total.shape, generator=generator, dtype=total.dtype,
                                                      device=total.device)
         return self._step(total, rows.shape[0])
 
     def reset(self) -> None:
         self.state = MomentumState()
+        self.nonfinite_replaced = 0
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(clip_norm={self.clip_norm}, noise_multiplier={self.noise_multiplier}, "
@@ -338,6 +381,9 @@ class DPBREMPlus(DPBREM):
     fixed-point reports; the server only learns the sum. See the module docstring for assumptions."""
 
     name = "dp-brem-plus"
+    #: the server and the Byzantine clients only see masked reports (secure aggregation): the
+    #: guarantee's noise shares are added by the clients
+    noise_location = "client"
     param_space = {
         **DPBREM.param_space,
         "min_honest": Real(0, 1, lo_open=True),
@@ -405,7 +451,9 @@ class DPBREMPlus(DPBREM):
         total = torch.remainder(reports.sum(dim=0), self.secagg.modulus)
         rows = reports.shape[0]
         if byzantine is not None and byzantine.shape[0]:
-            clipped = _checks.clip_rows(byzantine.to(center.dtype) - center, self.clip_norm)
+            centred, replaced = _checks.zero_nonfinite_rows(byzantine.to(center.dtype) - center)
+            self.nonfinite_replaced += replaced
+            clipped = _checks.clip_rows(centred, self.clip_norm)
             total = total + self.secagg.encode(clipped).sum(dim=0)
             rows += byzantine.shape[0]
         if rows == 0:

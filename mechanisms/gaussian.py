@@ -20,6 +20,11 @@ simulation, not a mechanism: ``LocalSGD(dp_clip=R, dp_noise=σ)`` in :mod:`privf
 (per-sample gradients with ``torch.func``, Poisson batches, accounted per client with Opacus'
 subsampled-Gaussian RDP).
 
+**Non-finite input** (``nonfinite = "zero"``): a row holding NaN/±Inf — a client's update in
+``privatize``, an honest or Byzantine row in the server's ``aggregate`` — is replaced by the zero
+vector before clipping (any row in the clip ball keeps the sensitivity bound) and counted in
+``nonfinite_replaced``, so one faulty client cannot turn the noisy aggregate into NaN.
+
 Floating-point caveat: noise comes from ``torch.randn`` with a ``torch.Generator`` (not a CSPRNG);
 floating-point attacks on Gaussian sampling (Mironov 2012; Jin et al. 2022) are not mitigated.
 """
@@ -45,7 +50,8 @@ class GaussianMechanism(Mechanism):
     (its guarantee is ``none``: ε = ∞)."""
 
     name = "gaussian"
-    unbiased = True  # inside the clip ball (clipping is then the identity; the noise has mean 0)
+    unbiased = True  # for the clipped input (estimand): the noise has mean 0
+    nonfinite = "zero"
     param_space = {
         "clip_norm": Real(0, None, lo_open=True, log=True, typical=(0.1, 10.0)),
         "noise_multiplier": Real(0, None, typical=(0.0, 4.0)),
@@ -57,13 +63,21 @@ class GaussianMechanism(Mechanism):
         self.noise_multiplier = _checks.number("noise_multiplier", noise_multiplier, lo=0.0, lo_open=False)
         self.local = _checks.boolean("local", local)
         self.central = not self.local
+        self.nonfinite_replaced = 0
 
     @property
     def noise_std(self) -> float:
         return self.noise_multiplier * self.clip_norm
 
     def clip(self, x: Tensor) -> Tensor:
+        """Rows clipped to ``clip_norm``; non-finite rows become zero first (counted)."""
+        x, replaced = _checks.zero_nonfinite_rows(x)
+        self.nonfinite_replaced += replaced
         return _checks.clip_rows(x, self.clip_norm)
+
+    def estimand(self, x: Tensor) -> Tensor:
+        """``decode(privatize(x))`` is unbiased for the clipped rows (not for ``x`` outside the ball)."""
+        return _checks.clip_rows(_checks.zero_nonfinite_rows(x)[0], self.clip_norm)
 
     def privatize(
         self, x: Tensor, *, generator: torch.Generator | None = None, client_ids: Tensor | None = None

@@ -367,6 +367,7 @@ class FrequencyOracle(Mechanism):
 
     name: ClassVar[str] = "frequency-oracle"
     input_kind: ClassVar[str] = "categories"  # privatize takes [n] int64 ids, not [n, d] floats
+    nonfinite: ClassVar[str] = "n/a"  # integer category ids: no NaN/Inf can reach them
     k: int
 
     # -- subclasses -------------------------------------------------------------------------

@@ -42,7 +42,8 @@ class PBM(Mechanism):
     """Poisson Binomial Mechanism (Chen, Özgür, Kairouz 2022): Z ~ Binomial(m, 1/2 + θx/c) per coordinate."""
 
     name = "pbm"
-    unbiased = True
+    unbiased = True  # for the input clamped to [−c, c] (estimand)
+    nonfinite = "zero"  # a NaN/±Inf row becomes the zero vector before clamping, counted in nonfinite_replaced
     param_space = {
         "c": Real(0, None, lo_open=True, log=True, typical=(0.1, 10.0)),
         "m": Int(1, 1 << 20, typical=(1, 32)),
@@ -54,6 +55,11 @@ class PBM(Mechanism):
         self.m = _checks.integer("m", m, lo=1, hi=1 << 20)
         self.theta = _checks.number("theta", theta, lo=0.0, hi=0.25)
         self.report_bits = max(1, math.ceil(math.log2(self.m + 1)))
+        self.nonfinite_replaced = 0
+
+    def estimand(self, x: Tensor) -> Tensor:
+        """``decode(privatize(x))`` is unbiased for ``x`` clamped to ``[−c, c]`` (non-finite rows: zero)."""
+        return _checks.zero_nonfinite_rows(x)[0].clamp(-self.c, self.c)
 
     def success_probability(self, x: Tensor | float):
         return 0.5 + self.theta * x / self.c
@@ -75,6 +81,8 @@ class PBM(Mechanism):
         """Binomial counts ``[n, d]`` (uint8 for m ≤ 255)."""
         _checks.updates(x)
         _checks.generator(generator)
+        x, replaced = _checks.zero_nonfinite_rows(x)  # non-finite policy "zero" (counted)
+        self.nonfinite_replaced += replaced
         p = self.success_probability(x.clamp(-self.c, self.c))
         count = torch.full_like(p, float(self.m))
         z = torch.binomial(count, p, generator=generator)

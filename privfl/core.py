@@ -120,6 +120,27 @@ class Mechanism(ABC):
     name: ClassVar[str] = "mechanism"
     #: ``decode(privatize(x))`` is an unbiased estimate of ``x`` on the input domain (see above).
     unbiased: ClassVar[bool] = False
+    #: What ``privatize``/``aggregate`` do with a row holding NaN/±Inf (vector mechanisms):
+    #: ``"zero"`` — the row is replaced by the zero vector before clipping and counted in
+    #: ``nonfinite_replaced`` (keeps the sensitivity bound); ``"raise"`` — ``ValueError``;
+    #: ``"n/a"`` — integer input (category ids); ``"undeclared"`` (the base default) fails
+    #: ``check_contract``. No mechanism's state may ever become non-finite.
+    nonfinite: ClassVar[str] = "undeclared"
+
+    def estimand(self, x: Tensor) -> Tensor:
+        """What ``decode(privatize(x))`` is unbiased for (``check_unbiased``'s target): ``x`` itself on
+        the input domain; clipping mechanisms return the clipped input, so the target stays right for
+        inputs outside the clip ball."""
+        return x
+
+    @property
+    def noise_location(self) -> str:
+        """Where the noise the guarantee relies on is added: ``"server"`` (central DP: the rows the server
+        and omniscient Byzantine clients read are *not* privatized, so a release that depends on honest
+        rows through Byzantine rows is not covered) or ``"client"`` (every row leaving a client is already
+        privatized or masked: anything computed from those rows is post-processing). Default: from
+        ``central``."""
+        return "server" if self.central else "client"
 
     @abstractmethod
     def privatize(
@@ -304,10 +325,21 @@ class PrivacyAttack(ABC):
 # --------------------------------------------------------------------------------------------
 # Byzantine attacks
 # --------------------------------------------------------------------------------------------
+BYZANTINE_KNOWLEDGE = ("omniscient", "own-data", "public")
+
+
 class ByzantineAttack(ABC):
-    """Omniscient model poisoning: ``honest [h, d] -> malicious [f, d]``."""
+    """Model poisoning: ``rows [h, d] -> malicious [f, d]``.
+
+    ``knowledge`` declares what the attack reads, and the simulation hands it exactly that:
+    ``"omniscient"`` — the honest rows of the round; ``"own-data"`` — only the Byzantine clients' own
+    honest updates (their data, the public model); ``"public"`` — nothing but the shape (a zero
+    matrix). An omniscient attack against a central DP mechanism voids the ε (the release then
+    depends on honest data through the Byzantine rows; see :mod:`privfl.accounting.ledger`).
+    """
 
     name: ClassVar[str] = "byzantine_attack"
+    knowledge: ClassVar[str] = "omniscient"
 
     @abstractmethod
     def __call__(self, honest: Tensor, f: int, *, generator: torch.Generator | None = None) -> Tensor: ...
@@ -317,6 +349,8 @@ class DataPoisoningAttack(ABC):
     """Data poisoning as a client-side transform: malicious clients train honestly on poisoned data."""
 
     name: ClassVar[str] = "data_poisoning"
+    #: data poisoners train on their own (poisoned) data: they read no honest update
+    knowledge: ClassVar[str] = "own-data"
 
     @abstractmethod
     def poison(

@@ -23,12 +23,20 @@ from privfl.accounting.guarantees import (
     pure_guarantee,
     randomized_response_guarantee,
 )
-from privfl.accounting.ledger import METHODS, PrivacyEvent, PrivacyLedger
+from privfl.accounting.ledger import (
+    METHODS,
+    NOT_A_GUARANTEE,
+    PrivacyEvent,
+    PrivacyLedger,
+    VoidedGuaranteeError,
+    threat_model_warning,
+)
 from privfl.accounting.pld import pld_epsilon
 
 __all__ = [
     "DEFAULT_ORDERS",
     "METHODS",
+    "NOT_A_GUARANTEE",
     "PrivacyEvent",
     "PrivacyLedger",
     "gaussian_epsilon_rdp",
@@ -42,4 +50,6 @@ __all__ = [
     "randomized_response_guarantee",
     "rdp_to_epsilon",
     "subsampled_gaussian_rdp",
+    "threat_model_warning",
+    "VoidedGuaranteeError",
 ]

@@ -17,6 +17,15 @@ share one computation, so a million users with a handful of distinct histories a
 ``unit`` says what neighbouring means (``"client"``, ``"record"``, ``"user"``). Guarantees of different
 units are not composed together: ``epsilon`` asks for ``unit=`` when the ledger holds several.
 
+**Threat model.** The events hold the mechanism's sensitivity for *one* client. That stays true
+under Byzantine clients that read only their own data or public values, and under local
+mechanisms (what an omniscient attacker reads is already privatized: post-processing). It is
+false when an omniscient attack (IPM, ALIE, min-max, min-sum, mimic read the honest rows) meets a
+mechanism that adds its noise at the server (DP-FedAvg, DP-BREM): the release then depends on
+honest data through the Byzantine rows (``mimic`` copying one client f times makes the sensitivity
+(f + 1)·Δ). :func:`threat_model_warning` detects that case; :meth:`PrivacyLedger.void` marks the
+ledger, whose ``epsilon`` then raises instead of returning a number that is not a guarantee.
+
 Local-DP mechanisms (frequency oracles, LOLOHA) record their reports like this::
 
     from privfl.accounting import PrivacyLedger, pure_guarantee, randomized_response_guarantee
@@ -35,6 +44,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,7 +61,35 @@ from privfl.accounting.analysis import (
 from privfl.accounting.pld import has_pld, pld_epsilon
 from privfl.core import PrivacyGuarantee
 
-__all__ = ["PrivacyEvent", "PrivacyLedger", "METHODS"]
+__all__ = ["PrivacyEvent", "PrivacyLedger", "METHODS", "NOT_A_GUARANTEE", "VoidedGuaranteeError",
+           "threat_model_warning"]
+
+NOT_A_GUARANTEE = "not a DP guarantee: Byzantine clients read honest updates"
+
+
+class VoidedGuaranteeError(ValueError):
+    """``epsilon`` of a ledger whose releases are not covered by the accounted sensitivity."""
+
+
+def threat_model_warning(mechanism: Any, attack: Any, *, byzantine: bool = True) -> str | None:
+    """The reason the accounted ε is not a guarantee for this pairing, or ``None`` when it is one.
+
+    ε is void when Byzantine clients are present (``byzantine``), the ``attack`` declares
+    ``knowledge == "omniscient"`` (reads the honest rows) and ``mechanism`` has a guarantee whose noise
+    is added at the server (``noise_location == "server"``: DP-FedAvg, DP-BREM). Own-data and public
+    attacks, data poisoning, and local / secure-aggregation mechanisms (``"client"``) keep it valid.
+    """
+    if mechanism is None or attack is None or not byzantine:
+        return None
+    if getattr(attack, "knowledge", "omniscient") != "omniscient":
+        return None
+    location = getattr(mechanism, "noise_location", "server" if getattr(mechanism, "central", False) else "client")
+    if location != "server" or not mechanism.guarantee().is_private:
+        return None
+    name = getattr(attack, "name", type(attack).__name__)
+    return (f"{NOT_A_GUARANTEE} (the omniscient attack {name!r} reads them and {mechanism.name!r} adds its noise "
+            "at the server, so the release depends on honest data through the Byzantine rows beyond the "
+            "accounted sensitivity; use an own-data or public attack, e.g. 'alie-own-data')")
 
 METHODS = ("rdp", "pld")
 _PROBE_ORDERS = np.array([1.5, 2.0, 8.0, 32.0, 256.0])
@@ -113,6 +151,16 @@ class PrivacyLedger:
         self._matrix = np.zeros((0, 0), dtype=np.int64)
         self._seen = np.zeros(0, dtype=bool)
         self._pld_cache: dict = {}
+        #: why the recorded ε is not a DP guarantee (``None``: it is one); set by :meth:`void`
+        self.void_reason: str | None = None
+
+    def void(self, reason: str) -> None:
+        """Mark the ledger's ε as not a guarantee (e.g. :func:`threat_model_warning`): ``epsilon`` raises
+        :class:`VoidedGuaranteeError` with ``reason`` from now on; ``epsilon_ignoring_void`` still
+        gives the figure the mechanism alone would have."""
+        if not isinstance(reason, str) or not reason:
+            raise ValueError(f"reason must be a non-empty string, got {reason!r}")
+        self.void_reason = reason
 
     # ------------------------------------------------------------------ recording
     def record(
@@ -286,6 +334,15 @@ class PrivacyLedger:
         privacy-loss distribution (tighter; ``ValueError`` for guarantees that only have an RDP
         curve). Both are capped by basic composition of the pure ε where that is smaller.
         """
+        if self.void_reason is not None:
+            raise VoidedGuaranteeError(f"{self.void_reason}; no ε is reported (epsilon_ignoring_void gives "
+                                       "the mechanism's figure without Byzantine reads, which is not a guarantee)")
+        return self.epsilon_ignoring_void(delta, method=method, client=client, unit=unit)
+
+    def epsilon_ignoring_void(
+        self, delta: float, *, method: str = "rdp", client: int | None = None, unit: str | None = None
+    ) -> float:
+        """:meth:`epsilon` without the :meth:`void` check (for diagnostics only: not a guarantee when voided)."""
         delta = check_delta(delta)
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")

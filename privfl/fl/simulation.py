@@ -13,8 +13,10 @@ One round, in order:
    ``m_i ← β·m_i + (1−β)·u_i``, kept across the rounds it joins.
 4. **Client-side mechanism** (optional): ``reports = mechanism.privatize(U)``; the server
    works on ``mechanism.decode(reports)``.
-5. **Byzantine clients** among the participants replace their rows with an omniscient attack
-   on the honest rows: ``attack(honest [h, d], f) -> [f, d]``.
+5. **Byzantine clients** among the participants replace their rows with a model-poisoning attack
+   ``attack(rows [h, d], f) -> [f, d]`` fed what its ``knowledge`` declares: the honest rows
+   (omniscient), the Byzantine clients' own honest updates (own-data) or a zero matrix (public).
+   An omniscient attack with a server-noise mechanism voids the ledger (``privacy_warning``).
 6. **Server**: pre-aggregators in order, then the aggregator (``[n, d] -> [d]``); FedAvg applies
    ``w ← w + server_lr·agg``, FedSGD ``w ← w − lr·server_lr·agg``. A **central** mechanism
    (``mechanism.central``: DP-FedAvg, DP-BREM) replaces this step with its own
@@ -53,7 +55,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from privfl.accounting.guarantees import gaussian_guarantee
-from privfl.accounting.ledger import METHODS, PrivacyLedger
+from privfl.accounting.ledger import METHODS, PrivacyLedger, threat_model_warning
 from privfl.core import (
     Aggregator,
     ByzantineAttack,
@@ -262,6 +264,10 @@ class FederatedSimulation:
             mech.bind_layout(self.layout)
         if self.ledger is None and (mech is not None or self.local.dp_noise > 0):
             self.ledger = PrivacyLedger()
+        #: why this run's ε is not a DP guarantee (omniscient attack + server-side noise), or None
+        self.privacy_warning = threat_model_warning(mech, self.byzantine_attack, byzantine=bool(self._byz))
+        if self.privacy_warning is not None and self.ledger is not None:
+            self.ledger.void(self.privacy_warning)
         self._dp_rates = sampling_rates([len(c) for c in self.clients], self.local) if self.local.dp else None
 
     # ------------------------------------------------------------------ one round
@@ -374,7 +380,8 @@ class FederatedSimulation:
         f_t = int(byz_mask.sum()) if omniscient else 0
         if f_t:
             malicious = self.byzantine_attack(
-                rows, f_t, generator=make_generator(self.seed, "byzantine", t, device=self.device)
+                self._attack_input(rows, t), f_t,
+                generator=make_generator(self.seed, "byzantine", t, device=self.device),
             )
             if malicious.shape != (f_t, self.layout.dim):
                 raise ValueError(
@@ -403,6 +410,18 @@ class FederatedSimulation:
         self._account(t, workers)
         # Every Byzantine participant counts, data poisoners included (they send no attack rows).
         return self._finish(t, len(ids), int(byz_mask.sum()), float(bytes_per_client), start)
+
+    def _attack_input(self, rows: Tensor, t: int) -> Tensor:
+        """What the model-poisoning attack may read, by its declared ``knowledge``: the honest rows
+        (``"omniscient"``), every Byzantine client's own honest update (``"own-data"``: local work on
+        its own data from the public model, then worker momentum) or a zero matrix (``"public"``)."""
+        knowledge = getattr(self.byzantine_attack, "knowledge", "omniscient")
+        if knowledge == "own-data":
+            own = torch.tensor(self._byz, dtype=torch.int64)
+            return self._apply_worker_momentum(own, self._local_updates(own, t))
+        if knowledge == "public":
+            return torch.zeros(max(1, rows.shape[0]), self.layout.dim, dtype=rows.dtype, device=self.device)
+        return rows
 
     # ------------------------------------------------------------------ privacy
     @torch.no_grad()
@@ -442,8 +461,8 @@ class FederatedSimulation:
     def epsilon(self, delta: float | None = None, *, method: str | None = None) -> float | None:
         """ε(δ) spent so far: the worst client, the largest over the privacy units in play
         (``None`` when nothing private ran: no ledger)."""
-        if self.ledger is None:
-            return None
+        if self.ledger is None or self.ledger.void_reason is not None:
+            return None  # voided: Byzantine reads put the release outside the accounted sensitivity
         delta = self.delta if delta is None else delta
         method = self.accounting if method is None else method
         units = self.ledger.units

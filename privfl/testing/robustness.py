@@ -66,6 +66,10 @@ __all__ = [
     "HONEST_KINDS",
     "Composed",
     "nonfinite_count",
+    "FuzzReport",
+    "fuzz_case",
+    "fuzz_nonfinite",
+    "FUZZ_DTYPES",
 ]
 
 HONEST_KINDS = ("gaussian", "heavy-tailed", "clusters", "honest-outlier")
@@ -250,6 +254,148 @@ def nonfinite_count(updates: Tensor) -> int:
     return int((~torch.isfinite(updates).all(dim=1)).sum())
 
 
+# --------------------------------------------------------------------------------------------
+# Non-finite fuzz: at most f faulty rows of NaN/±Inf/dtype-max/huge-norm/duplicates, any float dtype
+# --------------------------------------------------------------------------------------------
+FUZZ_DTYPES = (torch.float16, torch.float32, torch.float64)
+_HONEST_SCALES = ("small", "unit", "large", "near-max", "offset-near-max")
+_FAULTS = ("nan", "inf", "-inf", "one-nan", "dtype-max", "-dtype-max", "signs-dtype-max", "huge-norm",
+           "duplicate", "1e38", "alie-far")
+
+
+def fuzz_case(n: int, f: int, d: int, dtype: torch.dtype, generator: torch.Generator) -> tuple[Tensor, str]:
+    """One fuzz input ``[n, d]`` of ``dtype``: ``n − k`` finite honest rows at a scale from 1e-3 up to the
+    dtype's max (``"near-max"``: entries up to ±max; ``"offset-near-max"``: a common offset near max with a
+    small spread) and ``k ≤ f`` faulty rows (NaN, ±Inf, one NaN entry, ±max, mixed-sign max, a huge-norm
+    direction scaled to max, a duplicated honest row, 1e38 clamped to the dtype, ALIE far out) at random
+    positions. Returns the rows and a description."""
+    g = generator
+    big = torch.finfo(dtype).max
+
+    def ri(lo: int, hi: int) -> int:
+        return int(torch.randint(lo, hi + 1, (1,), generator=g))
+
+    def u() -> float:
+        return float(torch.rand((), generator=g, dtype=torch.float64))
+
+    scale_kind = _HONEST_SCALES[ri(0, len(_HONEST_SCALES) - 1)]
+    h = n - (k := ri(0, f))
+    z = torch.randn(h, d, generator=g, dtype=torch.float64)
+    if scale_kind == "small":
+        x = 1e-3 * z
+    elif scale_kind == "unit":
+        x = 3.0 * torch.randn(d, generator=g, dtype=torch.float64) + z
+    elif scale_kind == "large":
+        x = (big ** u()) * z
+    elif scale_kind == "near-max":
+        x = big * (0.25 + 0.75 * u()) * z / max(1.0, float(z.abs().max()))
+    else:
+        x = big * (0.5 + 0.5 * u()) * (1.0 - 1e-3 * z.abs() / max(1.0, float(z.abs().max())))
+        x = x * torch.where(torch.rand(d, generator=g) < 0.5, -1.0, 1.0).to(torch.float64)
+    honest = x.clamp(-big, big).to(dtype)
+    mu = honest.to(torch.float64).mean(dim=0)
+    bad = torch.empty(k, d, dtype=torch.float64)
+    kinds = []
+    for r in range(k):
+        kind = _FAULTS[ri(0, len(_FAULTS) - 1)]
+        kinds.append(kind)
+        if kind in ("nan", "inf", "-inf"):
+            bad[r] = float(kind)
+        elif kind == "one-nan":
+            bad[r] = mu
+            bad[r, ri(0, d - 1)] = float("nan")
+        elif kind == "dtype-max":
+            bad[r] = big
+        elif kind == "-dtype-max":
+            bad[r] = -big
+        elif kind == "signs-dtype-max":
+            bad[r] = big * torch.where(torch.rand(d, generator=g) < 0.5, -1.0, 1.0).to(torch.float64)
+        elif kind == "huge-norm":
+            v = torch.randn(d, generator=g, dtype=torch.float64)
+            bad[r] = big * v / v.abs().max()
+        elif kind == "duplicate":
+            bad[r] = honest[ri(0, h - 1)].to(torch.float64)
+        elif kind == "1e38":
+            bad[r] = min(1e38, big)
+        else:  # ALIE far out: μ − z·σ with a large z
+            sd = honest.to(torch.float64).std(dim=0) if h > 1 else torch.ones(d, dtype=torch.float64)
+            bad[r] = (mu - 1e3 * torch.nan_to_num(sd, nan=1.0, posinf=big)).clamp(-big, big)
+    rows = torch.cat([honest, bad.to(dtype)])[torch.randperm(n, generator=g)]
+    return rows, f"{dtype}, n={n}, f={f}, d={d}, honest {scale_kind}, faulty {kinds or 'none'}"
+
+
+@dataclass
+class FuzzReport:
+    """What :func:`fuzz_nonfinite` found: ``cases`` inputs, ``nonfinite`` outputs that held NaN/±Inf
+    (for pre-aggregators and mixing: more non-finite rows out than in), ``errors`` calls that raised,
+    and up to 5 ``examples`` (description and what went wrong)."""
+
+    cases: int
+    nonfinite: int
+    errors: int
+    examples: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return self.nonfinite == 0 and self.errors == 0
+
+
+def fuzz_nonfinite(
+    rule: Callable[..., Tensor] | None,
+    f: int,
+    *,
+    n: int | None = None,
+    cases: int = 200,
+    d_max: int = 16,
+    dtypes: Sequence[torch.dtype] = FUZZ_DTYPES,
+    seed: int = 0,
+    prepare: Callable[[Any, Tensor], Any] | None = None,
+    raise_on_failure: bool = True,
+) -> FuzzReport:
+    """Feed ``rule`` ``cases`` inputs of :func:`fuzz_case` (``n`` rows, default ``4f + 3``; at most ``f``
+    faulty; every dtype in ``dtypes``, values up to the dtype's max) and count outputs with NaN/±Inf.
+
+    An aggregator fails on any non-finite output; a pre-aggregator or mixing when it returns more
+    non-finite rows than it was given (a faulty row may spoil its own output row, which the rule after
+    it discards, but finite rows must stay finite); any exception is an error (the inputs are within
+    ``f``). ``prepare(rule, rows)`` gives the rule to use per case (stateful rules).
+    """
+    if not isinstance(cases, int) or isinstance(cases, bool) or cases < 1:
+        raise ValueError(f"cases must be an int >= 1, got {cases!r}")
+    if not isinstance(f, int) or isinstance(f, bool) or f < 0:
+        raise ValueError(f"f must be an int >= 0, got {f!r}")
+    n = 4 * f + 3 if n is None else n
+    gen = torch.Generator().manual_seed(seed)
+    bad_out = errors = 0
+    examples: list[str] = []
+    for i in range(cases):
+        dtype = dtypes[i % len(dtypes)]
+        d = int(torch.randint(1, d_max + 1, (1,), generator=gen))
+        rows, what = fuzz_case(n, f, d, dtype, gen)
+        r = prepare(rule, rows) if prepare is not None else rule
+        try:
+            out = apply_rule(r, rows, seed=seed + i)
+        except Exception as exc:  # noqa: BLE001 - any failure on a valid input is what the fuzz reports
+            errors += 1
+            if len(examples) < 5:
+                examples.append(f"{what}: raised {type(exc).__name__}: {exc}")
+            continue
+        if out.dim() == 2 and isinstance(r, (PreAggregator, Mixing)):
+            broken = nonfinite_count(out) > nonfinite_count(rows)
+        else:
+            broken = not bool(torch.isfinite(out).all())
+        if broken:
+            bad_out += 1
+            if len(examples) < 5:
+                examples.append(f"{what}: non-finite output")
+    report = FuzzReport(cases, bad_out, errors, examples)
+    if raise_on_failure and not report.ok:
+        name = getattr(rule, "name", type(rule).__name__)
+        raise AssertionError(f"{name}: {bad_out} non-finite output(s) and {errors} error(s) in {cases} fuzz cases "
+                             f"within f={f}:\n  - " + "\n  - ".join(examples))
+    return report
+
+
 def robustness_ratio(output: Tensor, honest: Tensor) -> float:
     """``‖output − x̄_S‖² / ((1/|S|) Σ ‖x_i − x̄_S‖²)`` for honest rows ``honest`` (float64).
 
@@ -276,10 +422,12 @@ class RobustnessReport:
     evaluations: int
     n: int
     f: int
+    fuzz: FuzzReport | None = None
 
     @property
     def ok(self) -> bool:
-        return self.max_ratio <= self.kappa * (1 + 1e-9) + 1e-12
+        within = self.max_ratio <= self.kappa * (1 + 1e-9) + 1e-12
+        return within and (self.fuzz is None or self.fuzz.ok)
 
 
 def honest_set(kind: str, h: int, d: int, *, generator: torch.Generator, dtype: torch.dtype = torch.float64) -> Tensor:
@@ -401,16 +549,21 @@ def check_robust(
     dtype: torch.dtype = torch.float64,
     prepare: Callable[[Any, Tensor], Any] | None = None,
     raise_on_failure: bool = True,
+    fuzz_cases: int | None = 200,
 ) -> RobustnessReport:
-    """Measure the (f, κ)-robustness ratio of ``aggregator`` on adversarial inputs; fail above ``kappa``.
+    """Measure the (f, κ)-robustness ratio of ``aggregator`` on adversarial inputs; fail above ``kappa``;
+    then fuzz it with ``fuzz_cases`` non-finite / near-dtype-max inputs within ``f`` (:func:`fuzz_nonfinite`:
+    float16/32/64, NaN, ±Inf, ±max, huge-norm and duplicated rows) and fail on any non-finite output.
 
     ``n`` rows (default ``4f + 3``, enough for every rule in privfl) of dimension ``d``; each of
     ``trials`` honest sets (kinds cycle through :data:`HONEST_KINDS`) faces every block of
     :func:`adversarial_candidates`, placed at random positions and again as the first rows; the
     distance along the worst line is then refined by a golden-section search. ``nonfinite`` turns
     1..f of the faulty rows into NaN/Inf rows (or rows with one NaN). ``prepare(rule, honest)``
-    returns the rule to use for an honest set (e.g. to set a stateful rule's centre). Returns a
-    :class:`RobustnessReport`; raises ``AssertionError`` when the largest ratio exceeds ``kappa``
+    returns the rule to use for an honest set (e.g. to set a stateful rule's centre); the fuzz is then
+    skipped (call :func:`fuzz_nonfinite` with a ``prepare`` that suits it). ``fuzz_cases=None`` (or 0)
+    skips the fuzz. Returns a :class:`RobustnessReport` (``fuzz``: the :class:`FuzzReport`); raises
+    ``AssertionError`` when the largest ratio exceeds ``kappa`` or the fuzz finds a non-finite output
     (unless ``raise_on_failure=False``).
     """
     if not isinstance(f, int) or f < 0:
@@ -465,10 +618,13 @@ def check_robust(
                 else:
                     a = c1
     report = RobustnessReport(best, float(kappa), worst, evals, n, f)
-    if raise_on_failure and not report.ok:
+    if raise_on_failure and best > float(kappa) * (1 + 1e-9) + 1e-12:
         raise AssertionError(
             f"(f, κ)-robustness violated: ratio {best:.4g} > κ = {kappa:.4g} (n={n}, f={f}) under {worst}"
         )
+    if fuzz_cases and prepare is None:
+        report.fuzz = fuzz_nonfinite(aggregator, f, n=n, cases=fuzz_cases, seed=seed,
+                                     raise_on_failure=raise_on_failure)
     return report
 
 
