@@ -49,6 +49,11 @@ def generator(g: object) -> None:
         raise TypeError(f"generator must be a torch.Generator or None, got {type(g).__name__}")
 
 
+def _batched(x: Tensor) -> bool:
+    """Whether ``x`` is a torch.vmap batched tensor (data-dependent Python branches are not allowed then)."""
+    return bool(torch._C._functorch.is_batchedtensor(x))
+
+
 def clip_rows(x: Tensor, clip_norm: float) -> Tensor:
     """Each row scaled to ℓ2 norm at most ``clip_norm`` (rows already inside are unchanged); a new tensor.
 
@@ -58,7 +63,8 @@ def clip_rows(x: Tensor, clip_norm: float) -> Tensor:
     factor = torch.clamp(clip_norm / norms.clamp_min(torch.finfo(x.dtype).tiny), max=1.0)
     out = x * factor
     over = torch.isinf(norms) & torch.isfinite(x).all(dim=1, keepdim=True)
-    if bool(over.any()):  # ‖x‖ beyond the dtype: x/max|x| has a norm in [1, √d], then scale to clip_norm
+    # ‖x‖ beyond the dtype: x/max|x| has a norm in [1, √d], then scale to clip_norm (no branch under vmap)
+    if _batched(x) or bool(over.any()):
         scale = x.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
         unit = x / scale
         fixed = unit * (clip_norm / torch.linalg.vector_norm(unit, dim=1, keepdim=True))
@@ -72,6 +78,8 @@ def zero_nonfinite_rows(x: Tensor) -> tuple[Tensor, int]:
     if x.numel() == 0:
         return x, 0
     bad = ~torch.isfinite(x).all(dim=1)
+    if _batched(x):  # under torch.vmap (batched audits): replace without a data-dependent count
+        return torch.where(bad.unsqueeze(1), torch.zeros((), dtype=x.dtype, device=x.device), x), 0
     k = int(bad.sum())
     if k == 0:
         return x, 0

@@ -102,6 +102,7 @@ class Quantize(_PerTensor):
 
     name = "quantize"
     unbiased = True  # stochastic rounding between neighbouring levels
+    randomized = True  # check_contract: different seeds must give different reports
     param_space = {
         "bits": Int(1, 16),
     }

@@ -6,8 +6,12 @@ over the whole registry and callable on users' own components:
 - **no input mutation** — the input is bit-for-bit unchanged after the call (NaN payloads included);
 - **dtype and device kept** — floating outputs have the input's dtype, every output its device;
 - **seeded determinism** — the same seed gives the same output (each call on a fresh deep copy, so
-  stateful components start from the same state); for randomized components (mechanisms whose
-  guarantee is private, or ``randomized=True``) different seeds give different outputs;
+  stateful components start from the same state); for randomized components (``randomized=True``,
+  mechanisms whose guarantee is private, and unbiased mechanisms that are not the identity — a
+  stochastic quantizer) different seeds give different outputs;
+- **non-finite policy** (mechanisms) — ``nonfinite`` is declared and holds: ``"zero"`` turns a NaN/Inf row
+  into finite reports (and a finite server step, twice, for central mechanisms) and counts it in
+  ``nonfinite_replaced``; ``"raise"`` raises ``ValueError``; ``"n/a"`` is for integer inputs only;
 - **clear errors on bad inputs** — a Python list, a wrongly shaped tensor (and, for frequency oracles,
   float ids or an id outside ``[0, k)``) raise ``ValueError``/``TypeError``, not some other exception;
 - **clear errors on bad parameters** — from the declared ``param_space`` (:mod:`privfl.params`): its
@@ -218,18 +222,78 @@ def _mechanism_input(mech: Mechanism, n: int, d: int, dtype: torch.dtype, device
     return _vector_input(n, d, dtype, device, seed, scale)
 
 
-def _randomized(mech: Mechanism) -> bool:
+def _randomized(mech: Mechanism, x: Tensor | None = None) -> bool:
+    """Randomized: declared (``randomized = True``), private, or unbiased yet not the identity on ``x`` (a
+    deterministic unbiased estimator is the identity, so a lossy unbiased one must draw randomness)."""
+    declared = getattr(mech, "randomized", None)
+    if declared is not None:
+        return bool(declared)
     try:
-        return bool(mech.guarantee().is_private)
+        if mech.guarantee().is_private:
+            return True
     except Exception:  # noqa: BLE001 - a broken guarantee is reported by the privacy checks
         return False
+    if x is None or not getattr(mech, "unbiased", False) or getattr(mech, "input_kind", "vectors") != "vectors":
+        return False
+    try:
+        m = copy.deepcopy(mech)
+        out = m.decode(m.privatize(x, generator=_gen(x.device, 0)))
+        return not _same(out.to(torch.float64), m.estimand(x).to(torch.float64))
+    except Exception:  # noqa: BLE001 - crashes are reported by the behaviour checks
+        return False
+
+
+NONFINITE_POLICIES = ("zero", "raise", "n/a")
+
+
+def _check_nonfinite_policy(mech: Mechanism, chk: _Checker, x: Tensor, device: torch.device, seed: int) -> None:
+    """The declared non-finite policy holds: ``"zero"`` — a NaN row and an Inf row give finite reports (and a
+    finite server step with a NaN Byzantine row, for central mechanisms) and are counted; ``"raise"`` —
+    ``ValueError``; ``"n/a"`` — only for integer inputs."""
+    policy = getattr(mech, "nonfinite", "undeclared")
+    categorical = getattr(mech, "input_kind", "vectors") == "categories"
+    chk.expect(policy in NONFINITE_POLICIES and (policy == "n/a") == categorical, "non-finite policy declared",
+               f"nonfinite = {policy!r}; declare 'zero' (replace a NaN/Inf row by 0 before clipping, count it) or "
+               "'raise' (ValueError) for vector mechanisms, 'n/a' for integer inputs")
+    if categorical or policy not in ("zero", "raise"):
+        return
+    bad = x.clone()
+    bad[0] = float("nan")
+    if bad.shape[0] > 1:
+        bad[1, 0] = float("inf")
+    m = copy.deepcopy(mech)
+    if policy == "raise":
+        chk.raises_clearly(lambda: m.privatize(bad, generator=_gen(device, seed)), "non-finite policy holds",
+                           "privatize(a NaN row) under nonfinite='raise'")
+        return
+    try:
+        reports = m.privatize(bad, generator=_gen(device, seed))
+        decoded = m.decode(reports)
+        finite = bool(torch.isfinite(decoded).all()) if decoded.is_floating_point() else True
+        chk.expect(finite, "non-finite policy holds", "privatize(a NaN row) gave non-finite reports under "
+                   "nonfinite='zero'")
+        if getattr(m, "central", False):
+            byz = torch.full((1, x.shape[1]), float("nan"), dtype=x.dtype, device=x.device)
+            for _ in range(2):  # twice: the state after a faulty round must stay finite
+                a = m.aggregate(reports, byzantine=byz, expected_rows=float(reports.shape[0] + 1),
+                                generator=_gen(device, seed + 1))
+            chk.expect(bool(torch.isfinite(a).all()), "non-finite policy holds",
+                       "aggregate with a NaN Byzantine row gave a non-finite release under nonfinite='zero'")
+        count = getattr(m, "nonfinite_replaced", None)
+        chk.expect(isinstance(count, int) and count >= 2, "non-finite rows counted",
+                   f"nonfinite_replaced = {count!r} after replacing at least 2 rows")
+    except Exception as exc:  # noqa: BLE001
+        chk.expect(False, "non-finite policy holds", f"privatize(a NaN row) raised {type(exc).__name__}: {exc} under "
+                   "nonfinite='zero'")
 
 
 def _check_mechanism(mech: Mechanism, chk: _Checker, *, n: int, d: int, dtypes: Sequence[torch.dtype],
                      device: torch.device, seed: int, randomized: bool | None) -> None:
     categorical = getattr(mech, "input_kind", "vectors") == "categories"
-    randomized = _randomized(mech) if randomized is None else randomized
+    probe = None if categorical else _mechanism_input(mech, n, d, dtypes[0], device, seed)
+    randomized = _randomized(mech, probe) if randomized is None else randomized
     central = bool(getattr(mech, "central", False))
+    _check_nonfinite_policy(mech, chk, probe if probe is not None else torch.zeros(0), device, seed)
     for dtype in ([torch.int64] if categorical else list(dtypes)):
         x = _mechanism_input(mech, n, d, dtype, device, seed)
         before = _bytes(x)

@@ -3,9 +3,14 @@
 Each check returns a small result object with the figures it computed and raises ``AssertionError``
 with a readable message when the property fails:
 
-- :func:`check_unbiased` — ``estimate(privatize(x))`` is unbiased for the (clipped) input, by a
-  two-sided z-test per coordinate with a Bonferroni correction: a correct mechanism fails with
-  probability at most ``alpha`` (the stated error rate).
+- :func:`check_unbiased` — ``estimate(privatize(x))`` is unbiased for the mechanism's estimand (the
+  clipped input for clipping mechanisms), by a two-sided z-test per coordinate with a Bonferroni
+  correction: a correct mechanism fails with probability at most ``alpha`` (the stated error rate).
+- :func:`check_claim` — the mechanism's own ε agrees with an **independent** claim (the paper's
+  formula, computed by the caller). Every other check reads the expected ε from ``guarantee()``, so a
+  mechanism whose guarantee faithfully reports a wrong formula passes them; pass the paper's ε as
+  ``eps=`` to :func:`~privfl.testing.privacy.check_privacy_loss` (what the mechanism *does* against
+  the paper) and to :func:`check_claim` (what it *says* against the paper).
 - :func:`check_rdp` — the RDP curve is non-decreasing in the order (true of every Rényi
   divergence) and never above the pure ε.
 - :func:`check_epsilon_monotone` — ε(δ) grows with the number of rounds and with the sampling rate
@@ -43,6 +48,8 @@ __all__ = [
     "check_epsilon_decreasing_in_noise",
     "check_rdp_dominates_pld",
     "epsilon_after",
+    "identical_across_seeds",
+    "check_claim",
 ]
 
 
@@ -75,7 +82,24 @@ def _unbiased_draws(mechanism: Mechanism, x: Tensor, trials: int, seed: int) -> 
     if x.dim() != 1:
         raise ValueError(f"x must be one input row of shape [d], got shape {tuple(x.shape)}")
     rows = x.unsqueeze(0).expand(trials, -1).contiguous()
-    return fresh.decode(fresh.privatize(rows, generator=g)).to(torch.float64), x.to(torch.float64)
+    estimand = getattr(mechanism, "estimand", None)
+    target = estimand(x.unsqueeze(0))[0] if callable(estimand) else x
+    return fresh.decode(fresh.privatize(rows, generator=g)).to(torch.float64), target.to(torch.float64)
+
+
+def identical_across_seeds(mechanism: Mechanism, x: Tensor, *, seed: int = 0, rows: int = 64) -> bool:
+    """``True`` when ``decode(privatize(·))`` of ``rows`` copies of ``x`` varies between the rows (so the
+    mechanism *is* random) yet is bit-for-bit the same under two different seeds: the mechanism ignores
+    its generator (a fixed internal seed), and every statistic computed from its draws repeats itself."""
+    draws = []
+    for s in (seed, seed + 7919):
+        g = torch.Generator(device=x.device).manual_seed(s)
+        fresh = copy.deepcopy(mechanism)
+        batch = x.repeat(rows) if x.dtype == torch.int64 and x.dim() == 1 else x.unsqueeze(0).expand(rows, -1)
+        out = fresh.decode(fresh.privatize(batch.contiguous(), generator=g)).to(torch.float64)
+        draws.append(out)
+    varies = bool((draws[0] != draws[0][:1]).any())
+    return varies and bool(torch.equal(draws[0], draws[1]))
 
 
 def check_unbiased(
@@ -87,7 +111,13 @@ def check_unbiased(
     target: Tensor | None = None,
     seed: int = 0,
 ) -> UnbiasedResult:
-    """``decode(privatize(x))`` averages to ``target`` (default ``x``) over ``trials`` independent draws.
+    """``decode(privatize(x))`` averages to ``target`` over ``trials`` independent draws.
+
+    ``target`` defaults to the mechanism's estimand (``mechanism.estimand``: the clipped input for a
+    clipping mechanism, so an input outside the clip ball is compared with what the mechanism is
+    unbiased for, not with the raw input — and a mechanism that skips its clip is caught there). Draws
+    that vary between trials but repeat exactly under another seed fail (the mechanism ignores its
+    generator: :func:`identical_across_seeds`).
 
     ``x`` is one input row ``[d]`` (vector mechanisms) or ``[m]`` category ids (frequency oracles, whose
     target is then the histogram of ``x``: each report decodes to an unbiased one-hot vector). It is
@@ -115,6 +145,10 @@ def check_unbiased(
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 2:
         raise ValueError(f"trials must be an int >= 2, got {trials!r}")
     out, default_target = _unbiased_draws(mechanism, x, trials, seed)
+    if identical_across_seeds(mechanism, x, seed=seed):
+        raise AssertionError(f"{mechanism.name}: identical draws for seeds {seed} and {seed + 7919} although they vary "
+                             "between trials: the mechanism ignores its generator, so its statistics are not "
+                             "independent across seeds")
     target = default_target if target is None else target.to(torch.float64)
     d = out.shape[1]
     mean = out.mean(dim=0)
@@ -319,3 +353,46 @@ def check_rdp_dominates_pld(
         raise AssertionError(f"{guarantee.name}: RDP-converted ε {e_rdp} < PLD ε {e_pld} after {rounds} rounds "
                              f"at sampling rate {sampling_rate}")
     return e_rdp, e_pld
+
+
+@dataclass
+class ClaimResult:
+    """Figures of :func:`check_claim`: the mechanism's own ε(δ) and the independent one."""
+
+    claimed: float
+    independent: float
+    delta: float
+    rtol: float
+
+
+def check_claim(mechanism: Mechanism | PrivacyGuarantee, independent_epsilon: float, *, delta: float = 0.0,
+                rtol: float = 1e-6) -> ClaimResult:
+    """The mechanism's ε for one release (pure ε for ``delta=0``, else ε(δ) by PLD where available, RDP
+    otherwise) equals ``independent_epsilon`` — the value of the paper's formula at the mechanism's
+    parameters, computed by the caller without the mechanism's code — within relative ``rtol``.
+
+    Deterministic (no error rate). Catches a guarantee that reports a different formula from the
+    paper's, which every self-referential check misses; combine it with
+    ``check_privacy_loss(mechanism, eps=independent_epsilon)`` to test the behaviour against the paper.
+    """
+    g = mechanism.guarantee() if isinstance(mechanism, Mechanism) else mechanism
+    if not isinstance(g, PrivacyGuarantee):
+        raise TypeError(f"mechanism must be a Mechanism or PrivacyGuarantee, got {type(mechanism).__name__}")
+    if isinstance(independent_epsilon, bool) or not isinstance(independent_epsilon, (int, float)) \
+            or not independent_epsilon >= 0:
+        raise ValueError(f"independent_epsilon must be a number >= 0, got {independent_epsilon!r}")
+    if not (isinstance(delta, (int, float)) and 0 <= delta < 1):
+        raise ValueError(f"delta must be in [0, 1), got {delta!r}")
+    if delta == 0:
+        claimed = float(g.epsilon_pure)
+    else:
+        ledger = PrivacyLedger()
+        ledger.record(g)
+        claimed = ledger.epsilon(delta, method="pld" if ledger.supports("pld") else "rdp")
+    ref = float(independent_epsilon)
+    same = claimed == ref or (math.isfinite(claimed) and abs(claimed - ref) <= rtol * max(abs(ref), 1e-12))
+    if not same:
+        raise AssertionError(f"{g.name}: its guarantee claims ε = {claimed:.10g} at δ = {delta:g} but the independent "
+                             f"formula gives {ref:.10g} (relative tolerance {rtol:g}): the guarantee does not report "
+                             "the paper's analysis")
+    return ClaimResult(claimed, ref, float(delta), float(rtol))

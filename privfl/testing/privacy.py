@@ -34,10 +34,16 @@
 **Empirical path** (no finite pmf): a threshold tester on samples of the mechanism's output for the
 neighbouring inputs ``x = +C·e₁`` and ``x' = −C·e₁`` (``C`` the mechanism's ``clip_norm`` or ``c``;
 replace-one, the worst pair of the clip ball; or ``inputs=(x, x')``), scored by the projection on
-``x − x'``. The ε lower bound is the audits' Clopper–Pearson bound
-(:func:`privfl.accounting.empirical.epsilon_lower_bound`: threshold chosen on a held-out half, valid at
-``confidence``); the check fails when the lower bound exceeds the claimed ε — so a correct mechanism
-fails with probability ≤ 1 − ``confidence``. Central mechanisms are sampled through ``aggregate``
+``x − x'``; and by default (``far=True``) also on pairs **far outside the domain**, ``±10C·e₁``
+and, for an ℓ2 clip (``clip_norm``), ``±10C·u`` for a random unit ``u`` in 8 dimensions — inside the
+clip ball a mechanism that never clips is indistinguishable from a correct one, outside it is not.
+The ε lower bound is the audits' Clopper–Pearson bound
+(:func:`privfl.accounting.empirical.epsilon_lower_bound`: threshold chosen on a held-out half) at
+confidence ``1 − (1 − confidence)/pairs`` per pair (Bonferroni); the check fails when a lower bound
+exceeds the claimed ε — so a correct mechanism fails with probability ≤ 1 − ``confidence``.
+Scores that vary between trials but repeat exactly under another seed fail too (the generator is
+ignored). On the exact path, ``privatize`` is also χ²-checked against ``output_pmf`` at ``10·c``.
+Central mechanisms are sampled through ``aggregate``
 (one row vs no row, add/remove), one call per trial.
 
 ``eps=None`` takes the claimed ε from ``mechanism.guarantee()`` (pure ε for δ = 0; PLD ε(δ) of one
@@ -373,16 +379,38 @@ def check_pmf_sampling(mechanism: Mechanism, x: Any, *, samples: int = 20_000, l
 # --------------------------------------------------------------------------------------------
 # The public check
 # --------------------------------------------------------------------------------------------
-def _empirical_pair(mechanism: Mechanism, inputs: Sequence[Any] | None) -> tuple[Tensor, Tensor]:
+#: how far outside the declared domain the far-input pairs lie (in units of the clip bound)
+FAR = 10.0
+FAR_DIM = 8
+
+
+def _domain_bound(mechanism: Mechanism) -> float | None:
+    c = getattr(mechanism, "clip_norm", getattr(mechanism, "c", None))
+    return float(c) if isinstance(c, (int, float)) and math.isfinite(c) and c > 0 else None
+
+
+def _empirical_pairs(mechanism: Mechanism, inputs: Sequence[Any] | None, far: bool,
+                     seed: int) -> list[tuple[str, Tensor, Tensor]]:
+    """The neighbouring pairs of the empirical path: the caller's, or ``±C·e₁`` and — with ``far`` — inputs
+    far outside the declared domain, ``±10C·e₁`` and ``±10C·u`` (``u`` a seeded random unit vector in
+    8 dimensions), which only a mechanism that really clips/clamps maps back to the same worst case."""
     if inputs is not None:
         if len(inputs) != 2:
             raise ValueError("inputs for a continuous mechanism must be one neighbouring pair (x, x_prime)")
         x, xp = (torch.as_tensor(v, dtype=torch.float64).reshape(-1) for v in inputs)
-        return x, xp
-    c = getattr(mechanism, "clip_norm", getattr(mechanism, "c", None))
+        return [("caller's pair", x, xp)]
+    c = _domain_bound(mechanism)
     if c is None:
         raise ValueError(f"{mechanism.name}: no clip_norm or c to build the worst pair; pass inputs=(x, x_prime)")
-    return torch.tensor([float(c)], dtype=torch.float64), torch.tensor([-float(c)], dtype=torch.float64)
+    e1 = torch.tensor([c], dtype=torch.float64)
+    pairs = [("±C·e1", e1, -e1)]
+    if far:
+        pairs.append((f"±{FAR:g}C·e1 (outside the domain)", FAR * e1, -FAR * e1))
+        if getattr(mechanism, "clip_norm", None) is not None:  # an ℓ2 ball: any direction is a worst case
+            u = torch.randn(FAR_DIM, generator=torch.Generator().manual_seed(seed + 4242), dtype=torch.float64)
+            u = FAR * c * u / u.norm()
+            pairs.append((f"±{FAR:g}C·u, random u in {FAR_DIM} dims (outside the domain)", u, -u))
+    return pairs
 
 
 def _scores(mechanism: Mechanism, x: Tensor, direction: Tensor, n: int, seed: int, device: torch.device,
@@ -404,6 +432,14 @@ def _scores(mechanism: Mechanism, x: Tensor, direction: Tensor, n: int, seed: in
     return (values.to(torch.float64) @ direction).cpu().numpy()
 
 
+def _seed_ignored(mechanism: Mechanism, x: Tensor, device: torch.device, seed: int, n: int = 64) -> bool:
+    """Scores that vary between trials yet repeat exactly under another seed: the generator is ignored."""
+    direction = torch.ones_like(x) / math.sqrt(x.numel())
+    a = _scores(mechanism, x, direction, n, seed + 7919, device)
+    b = _scores(mechanism, x, direction, n, seed + 15485863, device)
+    return bool(np.ptp(a) > 0) and bool(np.array_equal(a, b))
+
+
 def check_privacy_loss(
     mechanism: Mechanism,
     eps: float | None = None,
@@ -419,6 +455,7 @@ def check_privacy_loss(
     seed: int = 0,
     device: str | torch.device | None = None,
     raise_on_failure: bool = True,
+    far: bool = True,
 ) -> PrivacyLossResult:
     """Check that one release of ``mechanism`` leaks at most ``eps`` (at ``delta``); see the module docstring.
 
@@ -426,6 +463,9 @@ def check_privacy_loss(
     or trials per side (empirical path, default 100,000; 2,000 for central mechanisms, which are sampled
     one ``aggregate`` call at a time). ``alpha``: family-wise error rate of the sampling cross-check;
     ``confidence``: of the empirical lower bound; ``tol``: absolute tolerance on the exact comparison (1e-9).
+    ``far`` (default): also test inputs far outside the declared domain (``10·C``; see the module
+    docstring), so that a mechanism that forgets to clip is caught. ``eps``: pass the paper's formula
+    here to check against an independent claim (the default reads the mechanism's own guarantee).
     Returns a :class:`PrivacyLossResult`; raises ``AssertionError`` when the check fails.
     """
     if not isinstance(mechanism, Mechanism):
@@ -463,6 +503,9 @@ def check_privacy_loss(
         public = draws > 1
         n = samples or (5_000 if public else 20_000)
         tested = list(dict.fromkeys([worst[0], worst[1], grid[0]]))
+        bound_c = None if _categorical(mechanism) else _domain_bound(mechanism)
+        if far and inputs is None and bound_c is not None:
+            tested.append(FAR * bound_c)  # privatize must clamp it exactly as output_pmf does
         level = alpha / len(tested)
         for k, x in enumerate(tested):
             sc = check_pmf_sampling(mechanism, x, samples=n, level=level, seed=seed + 101 * (k + 1), device=dev)
@@ -472,22 +515,30 @@ def check_privacy_loss(
                                 f"{sc.dof} dof, p = {sc.p_value:.3g} < {sc.level:.3g} ({n} samples"
                                 f"{', outcomes ranked within their public draw' if sc.ranked else ''})")
     else:
-        x, xp = _empirical_pair(mechanism, inputs)
-        direction = (x - xp) / torch.linalg.vector_norm(x - xp).clamp_min(1e-300)
+        pairs = _empirical_pairs(mechanism, inputs, far, seed)
         central = bool(getattr(mechanism, "central", False))
         n = samples or (2_000 if central else 100_000)
-        s_in = _scores(mechanism, x, direction, n, seed, dev, present=True)
-        if central:
-            s_out = _scores(mechanism, x, direction, n, seed + 1, dev, present=False)
-        else:
-            s_out = _scores(mechanism, xp, direction, n, seed + 1, dev)
-        bound = epsilon_lower_bound(s_in, s_out, delta=delta, confidence=confidence)
-        result = PrivacyLossResult(name, "empirical", eps, delta, bound.epsilon,
-                                   (x.tolist(), "absent" if central else xp.tolist()), pairs=1, bound=bound)
-        if bound.epsilon > eps + tol:
-            failures.append(f"empirical ε lower bound {bound.epsilon:.4g} (at {confidence:.0%} confidence, {n} trials "
-                            f"per side, TPR ≥ {bound.tpr_lower:.4g}, FPR ≤ {bound.fpr_upper:.4g}) exceeds the claimed "
-                            f"ε = {eps:.4g} at δ = {delta:.3g}")
+        level = 1.0 - (1.0 - confidence) / len(pairs)  # Bonferroni: the family keeps 1 − confidence
+        result = None
+        for k, (label, x, xp) in enumerate(pairs):
+            direction = (x - xp) / torch.linalg.vector_norm(x - xp).clamp_min(1e-300)
+            s_in = _scores(mechanism, x, direction, n, seed + 10 * k, dev, present=True)
+            if central:
+                s_out = _scores(mechanism, x, direction, n, seed + 10 * k + 1, dev, present=False)
+            else:
+                s_out = _scores(mechanism, xp, direction, n, seed + 10 * k + 1, dev)
+            bound = epsilon_lower_bound(s_in, s_out, delta=delta, confidence=level)
+            if result is None or bound.epsilon > result.epsilon:
+                result = PrivacyLossResult(name, "empirical", eps, delta, bound.epsilon,
+                                           (x.tolist(), "absent" if central else xp.tolist()), pairs=len(pairs),
+                                           bound=bound)
+            if bound.epsilon > eps + tol:
+                failures.append(f"empirical ε lower bound {bound.epsilon:.4g} on the pair {label} (at {level:.4%} "
+                                f"confidence, {n} trials per side, TPR ≥ {bound.tpr_lower:.4g}, FPR ≤ "
+                                f"{bound.fpr_upper:.4g}) exceeds the claimed ε = {eps:.4g} at δ = {delta:.3g}")
+        if _seed_ignored(mechanism, pairs[0][1], dev, seed):
+            failures.append("identical draws for two different seeds although they vary between trials: the "
+                            "mechanism ignores its generator, so its statistics are not independent across seeds")
     if failures and raise_on_failure:
         raise AssertionError(f"{name}: privacy check failed:\n  - " + "\n  - ".join(failures))
     return result
