@@ -117,7 +117,7 @@ def _finish(scenario: Scenario, seed: int, sim: Any, summary: dict[str, Any], se
     summary["delta"] = float(scenario.delta)
     note = getattr(sim.mechanism, "epsilon_unit", None)
     if note and summary.get("epsilon") is not None:
-        summary["privacy_unit"] = note  # e.g. DP-BREM: record-level, per participating client
+        summary["epsilon_unit"] = note  # e.g. DP-BREM: record-level, per participating client (shown beside ε)
     if getattr(sim.mechanism, "nonfinite", None) == "zero":
         summary["nonfinite_rows_replaced"] = int(getattr(sim.mechanism, "nonfinite_replaced", 0))
     voided = summary.get("privacy_warning") is not None

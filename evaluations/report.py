@@ -143,9 +143,12 @@ def _cell_text(group: list[CellRow], column: str) -> str:
     vals = [float(v) for g in group if _numeric(v := g.result["summary"].get(column))]
     if not vals:
         return "—"
+    unit = next((u for g in group if column.startswith("epsilon") and (u := g.result["summary"].get("epsilon_unit"))),
+                None)
+    suffix = f" ({unit})" if unit else ""  # e.g. DP-BREM's ε: record-level, per participating client
     if len(set(vals)) == 1 or any(math.isinf(v) or math.isnan(v) for v in vals):
-        return _fmt(statistics.fmean(vals))
-    return f"{statistics.fmean(vals):.4g} ± {statistics.stdev(vals):.2g}"
+        return _fmt(statistics.fmean(vals)) + suffix
+    return f"{statistics.fmean(vals):.4g} ± {statistics.stdev(vals):.2g}{suffix}"
 
 
 def _sections(done: list[CellRow], columns: list[str]) -> dict[str, tuple[list[str], dict[str, list[CellRow]]]]:

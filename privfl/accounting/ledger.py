@@ -361,6 +361,8 @@ class PrivacyLedger:
 
     def per_client_epsilon(self, delta: float, *, method: str = "rdp", unit: str | None = None) -> dict[int, float]:
         """ε of every client with local events (each composed with the central events)."""
+        if self.void_reason is not None:
+            raise VoidedGuaranteeError(f"{self.void_reason}; no ε is reported")
         cache: dict[bytes, float] = {}
         out = {}
         for c in self.clients:
