@@ -84,6 +84,8 @@ class PBM(Mechanism):
         x, replaced = _checks.zero_nonfinite_rows(x)  # non-finite policy "zero" (counted)
         self.nonfinite_replaced += replaced
         p = self.success_probability(x.clamp(-self.c, self.c))
+        if p.dtype in (torch.float16, torch.bfloat16):  # torch.binomial has no half-precision kernel
+            p = p.float()
         count = torch.full_like(p, float(self.m))
         z = torch.binomial(count, p, generator=generator)
         return z.to(index_dtype(self.m + 1))
