@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import textwrap
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -375,11 +376,11 @@ def plot_mse(run_dir: str | Path, rows: list[Any]) -> list[Path]:
         ax.set_ylabel("MSE averaged over collections")
         ax.set_title(f"k = {k}")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
-    fig.suptitle("LDP frequency estimation: utility")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # outside the data
+    fig.suptitle("LDP frequency estimation: utility (mean over seeds)")
     fig.tight_layout()
     path = Path(run_dir) / "ldp_mse.png"
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return [path]
 
@@ -426,11 +427,13 @@ def plot_budget(run_dir: str | Path, rows: list[Any]) -> list[Path]:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
     if handles:
-        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(len(handles), 8), fontsize=8)
-    fig.suptitle("Longitudinal budget spent per user (solid: mean user, dotted: max user; baselines that memoize "
-                 "per value coincide)", fontsize=10)
-    fig.tight_layout(rect=(0, 0.07, 1, 0.97))
+        fig.legend(list(handles.values()), list(handles), loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                   ncol=min(len(handles), 4), fontsize=8, frameon=False)
+    width = max(40, int(12 * 3.6 * len(epss)))  # characters that fit the figure's width at this font size
+    fig.suptitle(textwrap.fill("Longitudinal budget spent per user (solid: mean user, dotted: max user; baselines "
+                               "that memoize per value coincide)", width), fontsize=9)
+    fig.tight_layout()
     path = Path(run_dir) / "ldp_budget.png"
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return [path]

@@ -386,63 +386,70 @@ def _gray_psnr(cells: list[Any]) -> list[float]:
     return out
 
 
-def _plot_psnr_eps(run_dir: Path, cells: list[Any]) -> Path | None:
-    points: dict[str, list[tuple[float, float]]] = {}
-    infinite: dict[str, list[float]] = {}
-    def finite(r: Any) -> bool:
-        eps = r.result["summary"].get("epsilon")
-        return eps is not None and math.isfinite(eps) and not _is_floor(r)
+def psnr_eps_panels(cells: list[Any]) -> list[dict[str, Any]]:
+    """The data of ``inversion_psnr_eps.png``: one panel per setting (dataset, model, protocol, batch,
+    attack) that has a defense with finite ε. In it: one point per configuration (mean PSNR over its
+    victims and seeds — cells that differ in seed alone), joined per defense and attack variant; one line
+    per ε = ∞ configuration (its own mean, never pooled with another configuration, e.g. plain and
+    adaptive IG stay apart); the no-information floor of each attack variant."""
+    from privfl.evaluations.report import by_config
 
-    swept = {_setting(r.scenario) for r in cells if finite(r)}  # settings with a noisy defense
-    cells = [r for r in cells if _setting(r.scenario) in swept]
-    several = len(swept) > 1
-    floors: dict[str, list[float]] = {}
-    for r in cells:
-        if _is_floor(r):
-            where = f" [{_setting(r.scenario)}]" if several else ""
-            floors.setdefault(FLOOR_LABEL + where, []).extend(
-                v["psnr"] for v in r.result["series"]["inversion"]["victims"])
-    cells = [r for r in cells if not _is_floor(r)]
-    for r in cells:
-        s = r.result["summary"]
-        eps, p = s.get("epsilon"), s.get("inversion_psnr")
-        if p is None:
+    panels: dict[str, dict[str, Any]] = {}
+    for group in by_config(cells).values():
+        first = group[0]
+        psnrs = [v["psnr"] for r in group for v in r.result["series"]["inversion"]["victims"]]
+        if not psnrs:
             continue
-        where = f" [{_setting(r.scenario)}]" if several else ""
-        if eps is not None and math.isfinite(eps):
-            points.setdefault((r.scenario.get("mechanism") or "no defense") + where, []).append((float(eps), float(p)))
+        panel = panels.setdefault(_setting(first.scenario), {"title": _setting_title(first.scenario), "curves": {},
+                                                             "lines": [], "floors": []})
+        mean = statistics.fmean(psnrs)
+        eps = [r.result["summary"].get("epsilon") for r in group]
+        if _is_floor(first):
+            panel["floors"].append((f"{FLOOR_LABEL} ({_attack_short(first.scenario)})", mean, len(psnrs)))
+        elif all(e is not None and math.isfinite(e) for e in eps):
+            name = f"{first.scenario.get('mechanism') or 'no defense'} — {_attack_short(first.scenario)}"
+            panel["curves"].setdefault(name, []).append((statistics.fmean(eps), mean, len(psnrs)))
         else:
-            infinite.setdefault(_defense_name(r.scenario) + where, []).append(float(p))
-    if not points:
-        return None
-    import matplotlib
+            name = first.label or f"{_defense_name(first.scenario)} — {_attack_short(first.scenario)}"
+            panel["lines"].append((name, mean, len(psnrs)))
+    return [p for p in panels.values() if p["curves"]]
 
-    matplotlib.use("Agg")
+
+def _setting_title(scenario: dict[str, Any]) -> str:
+    steps = f" K={scenario.get('local_steps')}" if scenario.get("protocol") == "fedavg" else ""
+    return (f"{scenario.get('dataset')} · {scenario.get('model')} · {scenario.get('protocol')}{steps} · "
+            f"batch {scenario.get('batch_size')} · attack {scenario.get('inversion_attack')}")
+
+
+def _plot_psnr_eps(run_dir: Path, cells: list[Any]) -> Path | None:
+    from privfl.evaluations.report import panel_grid, series_style, style_panel
+
+    panels = psnr_eps_panels(cells)
+    if not panels:
+        return None
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-    for name, pts in sorted(points.items()):
-        by: dict[float, list[float]] = {}
-        for e, p in pts:
-            by.setdefault(round(e, 6), []).append(p)
-        xs = sorted(by)
-        ax.plot(xs, [statistics.fmean(by[x]) for x in xs], marker="o", label=name)
-    styles = ("--", ":", "-.")
-    for i, (name, ps) in enumerate(sorted(infinite.items())):
-        ax.axhline(statistics.fmean(ps), linestyle=styles[i % 3], linewidth=1, color=f"C{(i + len(points)) % 10}",
-                   label=f"{name} (ε = ∞)")
-    for name, ps in sorted(floors.items()):
-        ax.axhline(statistics.fmean(ps), linestyle=":", linewidth=2, color="black", alpha=0.6,
-                   label=f"{name}: attack on pure noise")
-    ax.set_xscale("log")
-    ax.set_xlabel("ε spent (worst client, log scale)")
-    ax.set_ylabel("reconstruction PSNR (dB)")
-    ax.set_title("gradient inversion: PSNR vs ε (mean over victims and seeds)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=6, loc="best")
-    fig.tight_layout()
+    fig, pairs = panel_grid(len(panels), ncols=1, panel_w=5.2, legend_w=3.6, panel_h=3.4)
+    for (ax, lax), panel in zip(pairs, panels):
+        i = 0
+        for name, pts in sorted(panel["curves"].items()):
+            pts = sorted(pts)
+            victims = ", ".join(sorted({str(n) for _, _, n in pts}))
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{name} (victims: {victims})",
+                    **series_style(i))
+            i += 1
+        for name, mean, n in panel["lines"]:
+            ax.axhline(mean, linewidth=1.2, label=f"{name} (ε = ∞, {n} victims): {mean:.1f} dB",
+                       **{**series_style(i), "linestyle": (0, (5, 2))})
+            i += 1
+        for name, mean, _n in panel["floors"]:
+            ax.axhline(mean, linestyle=":", linewidth=2, color="black", alpha=0.6,
+                       label=f"{name}: attack on pure noise, {mean:.1f} dB")
+        style_panel(ax, lax, title=panel["title"], xlabel="ε spent (worst client, log scale)",
+                    ylabel="reconstruction PSNR (dB)", log_x=True, legend_width=44)
+    fig.suptitle("gradient inversion: PSNR vs ε (mean over victims and seeds; higher = more leakage)", fontsize=9)
     path = run_dir / "inversion_psnr_eps.png"
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return path
 

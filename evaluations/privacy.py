@@ -221,58 +221,84 @@ def audit_scenario(scenario: Scenario, *, delta: float | None = None, pld_rounds
 # --------------------------------------------------------------------------------------------
 # Privacy–utility plot
 # --------------------------------------------------------------------------------------------
+# Fields that make a cell private; a cell's non-private baseline is the cell equal in everything else.
+PRIVACY_FIELDS = ("label", "mechanism", "mechanism_params", "dp_clip", "dp_noise", "delta", "accounting")
+
+
+def _federation_key(scenario: dict[str, Any]) -> str:
+    from privfl.evaluations.report import config_key
+
+    return config_key({k: v for k, v in scenario.items() if k not in PRIVACY_FIELDS})
+
+
+def _mechanism_name(r: Any) -> str:
+    s = r.result["summary"]
+    name = r.scenario.get("mechanism") or ("dp-sgd" if (r.scenario.get("dp_noise") or 0) > 0 else "non-private")
+    if (r.scenario.get("mechanism_params") or {}).get("local"):
+        name += " local"
+    if s.get("privacy_unit") and s.get("privacy_unit") != "none":
+        name = f"{name} ({s['privacy_unit']}-level)"
+    return name
+
+
+def privacy_utility_panels(rows: list[Any]) -> list[dict[str, Any]]:
+    """The data of ``privacy_utility.png``: one panel per federation (cells equal but for their privacy
+    fields, :data:`PRIVACY_FIELDS`) that has a finite ε; in it, one point per configuration (mean ε and
+    final accuracy over cells that differ in seed alone), joined per mechanism, and one reference line per
+    ε = ∞ configuration of the same federation (its own mean, never pooled with other configurations).
+    Federations trained for fewer than 2 rounds (attack experiments) are left out."""
+    from privfl.evaluations.report import by_config, group_title
+
+    done = [r for r in rows if r.status == "done" and isinstance((r.result or {}).get("summary"), dict)
+            and r.result["summary"].get("epsilon") is not None
+            and r.result["summary"].get("final_accuracy") is not None and (r.scenario.get("rounds") or 0) >= 2]
+    panels: dict[str, dict[str, Any]] = {}
+    for group in by_config(done).values():
+        first = group[0]
+        panel = panels.setdefault(_federation_key(first.scenario),
+                                  {"title": group_title(first.scenario), "curves": {}, "baselines": []})
+        eps = float(np.mean([g.result["summary"]["epsilon"] for g in group]))
+        acc = float(np.mean([g.result["summary"]["final_accuracy"] for g in group]))
+        if math.isfinite(eps):
+            panel["curves"].setdefault(_mechanism_name(first), []).append((eps, acc, first.label, len(group)))
+        else:
+            panel["baselines"].append((first.label or _mechanism_name(first), acc, len(group)))
+    return [p for p in panels.values() if p["curves"]]
+
+
 @register_plot("privacy_utility")
 def plot_privacy_utility(run_dir: str | Path, rows: list[Any]) -> list[Path]:
-    """Final accuracy vs ε (log x axis), one line per mechanism; ε = ∞ rows (non-private baseline,
-    compression) are drawn as horizontal reference lines labelled ε = ∞. Skipped when fewer than two
-    cells report a finite ε."""
-    done = [r for r in rows if r.status == "done" and isinstance((r.result or {}).get("summary"), dict)]
-    by_label: dict[str, list[tuple[str, float, float]]] = {}
-    for r in done:
-        s = r.result["summary"]
-        eps, acc = s.get("epsilon"), s.get("final_accuracy")
-        if acc is None or eps is None:
-            continue
-        name = r.scenario.get("mechanism") or ("dp-sgd" if (r.scenario.get("dp_noise") or 0) > 0 else "non-private")
-        if (r.scenario.get("mechanism_params") or {}).get("local"):
-            name += " local"
-        if math.isfinite(eps) and s.get("privacy_unit"):
-            name = f"{name} ({s['privacy_unit']}-level)"
-        by_label.setdefault(r.label, []).append((name, float(eps), float(acc)))
-    points: dict[str, list[tuple[float, float]]] = {}
-    infinite: dict[str, list[float]] = {}
-    for cells in by_label.values():  # one point per configuration: mean ε and accuracy over its seeds
-        name = cells[0][0]
-        eps = float(np.mean([e for _, e, _ in cells]))
-        acc = float(np.mean([a for _, _, a in cells]))
-        if math.isfinite(eps):
-            points.setdefault(name, []).append((eps, acc))
-        else:
-            infinite.setdefault(name, []).append(acc)
-    if sum(len(v) for v in points.values()) < 2:
-        return []
-    import matplotlib
+    """``privacy_utility.png``: final accuracy vs ε (log x), one panel per federation
+    (:func:`privacy_utility_panels`); ε = ∞ configurations of the same federation as horizontal lines."""
+    from privfl.evaluations.report import panel_grid, series_style, style_panel
 
-    matplotlib.use("Agg")
+    panels = privacy_utility_panels(rows)
+    if not panels:
+        return []
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
-    for name, pts in sorted(points.items()):
-        pts = sorted(pts)
-        ax.plot([e for e, _ in pts], [a for _, a in pts], marker="o", label=name)
-    styles = iter([(0, (5, 2)), (0, (1, 1)), (0, (3, 1, 1, 1)), (0, (8, 3)), (0, (2, 4))])
-    for name, accs in sorted(infinite.items()):
-        ax.axhline(float(np.mean(accs)), linestyle=next(styles, "--"), linewidth=1,
-                   color="black" if name == "non-private" else "gray", label=f"{name} (ε = ∞)")
-    ax.set_xscale("log")
-    ax.set_xlabel("ε spent (worst client, log scale)")
-    ax.set_ylabel("final test accuracy")
-    ax.set_title("privacy–utility: accuracy vs ε (mean over seeds)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    fig, pairs = panel_grid(len(panels))
+    for (ax, lax), panel in zip(pairs, panels):
+        i = 0
+        for name, pts in sorted(panel["curves"].items()):
+            pts = sorted(pts)
+            n = ", ".join(sorted({str(p[3]) for p in pts}))
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{name} (n={n})",
+                    **series_style(i))
+            i += 1
+        for label, acc, n in panel["baselines"]:
+            ax.axhline(acc, linewidth=1.2, label=f"{label} (ε = ∞, n={n}): {acc:.3f}",
+                       **{**series_style(i), "linestyle": (0, (5, 2))})
+            i += 1
+        if not panel["baselines"]:
+            ax.text(0.02, 0.03, "no non-private run of this federation", transform=ax.transAxes, fontsize=7,
+                    color="gray")
+        style_panel(ax, lax, title=panel["title"], xlabel="ε spent (worst client, log scale)",
+                    ylabel="final test accuracy", log_x=True)
+    fig.suptitle("privacy–utility: final accuracy vs ε (points: mean over seeds, n = seeds; dashed: the same "
+                 "federation without privacy)", fontsize=9)
     path = Path(run_dir) / "privacy_utility.png"
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return [path]
 
@@ -295,11 +321,19 @@ def _fmt(v: float | None) -> str:
     return f"{v:.4g}"
 
 
-def audit_spec(spec: Any, *, delta: float | None = None, png: str | Path | None = None) -> str:
+def audit_spec(spec: Any, *, delta: float | None = None, png: str | Path | None = None,
+               tables: str | Path | None = None) -> str:
     """The ``privfl audit`` report: for each distinct federated configuration of ``spec``, ε(δ) per
-    round by RDP and by PLD side by side (no training). Writes a PNG of ε vs round when ``png``."""
+    round by RDP and by PLD side by side (no training). Returns a summary (one row per configuration: ε
+    after its last round); with ``tables`` the full per-round tables go to that markdown file (without
+    it they are appended to the summary). Writes a PNG of ε vs round when ``png``. Progress: one line per
+    configuration on the ``privfl`` logger."""
+    import logging
+
+    from privfl.evaluations.report import md_escape
     from privfl.evaluations.scenario import cell_id
 
+    log = logging.getLogger("privfl")
     if png is not None and not Path(png).parent.is_dir():
         raise ValueError(f"--png: directory {str(Path(png).parent)!r} does not exist")
     cells = spec.validate()
@@ -308,30 +342,52 @@ def audit_spec(spec: Any, *, delta: float | None = None, png: str | Path | None 
         key = cell_id(cell.scenario, 0)
         if key not in seen:
             seen[key] = (cell.label, cell.scenario)
-    lines: list[str] = [f"# privacy audit of spec {spec.name!r} (accounting only, no training)", ""]
+    head = f"# privacy accounting of spec {spec.name!r} (accounting only, no training)"
+    summary: list[str] = [head, "", "ε after the last round for the worst client (∞: no privatizing step with a "
+                          "guarantee); per-round tables below or in the tables file.", "",
+                          "| configuration | rounds | δ | ε (RDP) | ε (PLD) | accounting |",
+                          "|---|---|---|---|---|---|"]
+    full: list[str] = [head, ""]
     curves: list[tuple[str, list[AuditRow]]] = []
-    for label, scenario in seen.values():
+    skipped = []
+    for i, (label, scenario) in enumerate(seen.values()):
         if scenario.mode != "federated":
-            lines += [f"## {label}", "", f"mode {scenario.mode!r}: not a federated training run; skipped", ""]
+            skipped.append(f"{label} (mode {scenario.mode!r})")
             continue
+        log.info("accounting %d/%d: %s", i + 1, len(seen), label)
         d = scenario.delta if delta is None else delta
         shown = _shown_rounds(scenario.rounds)
         pld_at = sorted({shown[int(i)] for i in np.linspace(0, len(shown) - 1, min(10, len(shown)))})
         rows, what = audit_scenario(scenario, delta=d, pld_rounds=pld_at)
         if rows and rows[0].epsilon_rdp is None:  # voided by the threat model: the warning, not ε
-            lines += [f"## {label}", "", f"ε: none reported — {what}", ""]
+            summary.append(f"| {md_escape(label)} | {scenario.rounds} | {d:g} | none reported | none reported | "
+                           f"{md_escape(what)} |")
+            full += [f"## {label}", "", f"ε: none reported — {what}", ""]
             continue
         curves.append((label, rows))
-        lines += [f"## {label}", "", f"{what}; δ = {d:g}; PLD at up to 10 of the rounds (— elsewhere)", "",
-                  "| round | ε (RDP) | ε (PLD) |", "|---|---|---|"]
+        last = rows[-1] if rows else None
+        summary.append(f"| {md_escape(label)} | {scenario.rounds} | {d:g} | "
+                       f"{_fmt(last.epsilon_rdp if last else None)} | {_fmt(last.epsilon_pld if last else None)} | "
+                       f"{md_escape(what or 'no privatizing step')} |")
+        if last is not None and all(math.isinf(r.epsilon_rdp) for r in rows):
+            full += [f"## {label}", "", f"{what or 'no privatizing step'}: ε = ∞ in every round", ""]
+            continue
+        full += [f"## {label}", "", f"{what}; δ = {d:g}; PLD at up to 10 of the rounds (— elsewhere)", "",
+                 "| round | ε (RDP) | ε (PLD) |", "|---|---|---|"]
         for r in rows:
             if r.round in shown:
-                lines.append(f"| {r.round} | {_fmt(r.epsilon_rdp)} | {_fmt(r.epsilon_pld)} |")
-        lines.append("")
+                full.append(f"| {r.round} | {_fmt(r.epsilon_rdp)} | {_fmt(r.epsilon_pld)} |")
+        full.append("")
+    if skipped:
+        summary += ["", "Not federated training runs (nothing to account here): " + "; ".join(skipped)]
     if png is not None:
         _plot_audit(Path(png), curves, spec.name)
-        lines.append(f"plot: {png}")
-    return "\n".join(lines)
+        summary.append(f"\nplot: {png}")
+    if tables is not None:
+        Path(tables).write_text("\n".join(full))
+        summary.append(f"\nper-round tables: {tables}")
+        return "\n".join(summary)
+    return "\n".join(summary + ["", *full[2:]])
 
 
 def _plot_audit(path: Path, curves: list[tuple[str, list[AuditRow]]], title: str) -> None:

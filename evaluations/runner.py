@@ -1,21 +1,39 @@
 """Run a spec's cells on a local process pool, persisting each finished cell at once.
 
+- A run directory belongs to one spec: the store records the spec's content hash and the privfl /
+  torch versions (:func:`bind_run_dir`); a different spec or version is refused unless ``force``.
+- The grid is counted before it is expanded and refused above ``max_cells``; every distinct
+  scenario is validated before anything runs.
 - Each cell runs in a worker process (``spawn``; ``torch.set_num_threads(1)`` — on a shared
   machine two torch threads per core can be 100× slower) and the worker writes its row to the
-  SQLite store itself, so a finished cell survives a crash of anything else.
+  SQLite store itself, so a finished cell survives a crash of anything else. A worker whose parent
+  died finishes and saves the cell it is running, then exits (checked every 0.5 s).
 - Re-running the same spec into the same directory resumes: ``done`` cells are skipped,
   failed ones run again.
 - A cell that raises is recorded with its traceback and the others go on. A worker process
   that dies (killed, out of memory) fails the cells that were in flight — they are recorded as
   failed with the reason — and the run continues on a fresh pool.
 - ``workers=0`` runs cells in this process (same numerics: one thread per cell either way).
+- Progress counts finished cells; the time left is estimated from the measured cost of finished
+  cells of the same kind (:class:`Progress`). On a terminal a bar, otherwise a plain line on the
+  ``privfl`` logger every ``PROGRESS_EVERY_S`` seconds.
+
+**Backend seam.** :func:`compute_cell` is the unit of work a backend submits: it takes a cell's
+JSON payload and returns the cell's row (plain JSON, no store access). The driver (or a local
+worker, for durability) writes that row with :func:`write_outcome`, then reports it to
+:class:`Progress` with ``finished(payload, status, seconds)``. A distributed backend runs
+``compute_cell`` remotely and calls ``write_outcome`` in the driver, which owns the store.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
-import queue as queue_mod
+import statistics
 import sys
+import threading
+import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -25,14 +43,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from privfl import registry
-from privfl.evaluations.scenario import Scenario, run
-from privfl.evaluations.spec import Cell, Spec
-from privfl.evaluations.store import Store
+from privfl.evaluations.scenario import Scenario, SpecError, run
+from privfl.evaluations.spec import MAX_CELLS, Cell, Spec
+from privfl.evaluations.store import Store, StoreError, provenance
 
-__all__ = ["run_spec", "RunSummary", "default_workers"]
+__all__ = ["run_spec", "RunSummary", "default_workers", "compute_cell", "write_outcome", "bind_run_dir",
+           "RunDirInUse", "Progress", "PROGRESS_EVERY_S"]
+
+log = logging.getLogger("privfl")
+PROGRESS_EVERY_S = 30.0  # plain progress lines when stderr is not a terminal
+_WATCH_EVERY_S = 0.5
+
+
+class RunDirInUse(StoreError):
+    """The run directory holds results of another spec or another privfl / torch version."""
 
 
 @dataclass
@@ -52,39 +78,202 @@ def default_workers() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def _execute(payload: dict[str, Any], run_dir: str, spec_name: str, imports: list[str], ticks: Any) -> str:
-    """Run one cell and write its row; returns the status. Runs in a worker or in-process."""
+# ------------------------------------------------------------------------------------ one cell
+def payload_of(cell: Cell, spec: Spec, producer: dict[str, Any]) -> dict[str, Any]:
+    """Everything a worker anywhere needs to run ``cell`` (plain JSON)."""
+    return {"id": cell.id, "label": cell.label, "seed": cell.seed, "scenario": cell.scenario.to_dict(),
+            "spec": spec.name, "imports": list(spec.imports), "producer": producer}
+
+
+def compute_cell(payload: dict[str, Any]) -> dict[str, Any]:
+    """Run one cell; returns its row (``status`` done/failed, ``result`` or ``error``, ``seconds``)."""
+    start = time.perf_counter()
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
-    store = Store(run_dir)
-    scenario = Scenario.from_dict(payload["scenario"])
-    common = dict(
-        cell_id=payload["id"], spec=spec_name, label=payload["label"], seed=payload["seed"],
-        scenario=payload["scenario"],
-    )
+    row: dict[str, Any] = {
+        "cell_id": payload["id"], "spec": payload["spec"], "label": payload["label"], "seed": payload["seed"],
+        "scenario": payload["scenario"], "producer": payload.get("producer") or {},
+    }
     try:
-        registry.load_plugins(imports)
-
-        def tick(_record: Any) -> None:
-            if ticks is not None:
-                ticks.put(1) if hasattr(ticks, "put") else ticks(1)
-
-        result = run(scenario, payload["seed"], on_round=tick)
+        registry.load_plugins(payload.get("imports") or [])
+        result = run(Scenario.from_dict(payload["scenario"]), payload["seed"])
+        row.update(status="done", result=result)
     except Exception:  # a failing cell is data for the report, not the end of the run
-        store.record(status="failed", error=traceback.format_exc(), **common)
-        return "failed"
+        row.update(status="failed", error=traceback.format_exc())
     finally:
         torch.set_num_threads(previous)
-    store.record(status="done", result=result, **common)
-    return "done"
+    row["seconds"] = time.perf_counter() - start
+    return row
 
 
-def _init_worker() -> None:
+def write_outcome(store: Store, row: dict[str, Any]) -> bool:
+    """Write a row from :func:`compute_cell` (a ``done`` row already there is kept)."""
+    return store.record(**{k: v for k, v in row.items() if k != "seconds"})
+
+
+_WORKER: dict[str, Any] = {"parent": None, "busy": False}
+
+
+def _orphaned() -> bool:
+    return _WORKER["parent"] is not None and os.getppid() != _WORKER["parent"]
+
+
+def _watch_parent() -> None:
+    while True:
+        time.sleep(_WATCH_EVERY_S)
+        if _orphaned() and not _WORKER["busy"]:
+            os._exit(0)
+
+
+def _init_worker(parent: int) -> None:
     torch.set_num_threads(1)
+    _WORKER["parent"] = parent
+    threading.Thread(target=_watch_parent, name="privfl-parent-watch", daemon=True).start()
 
 
-def _payload(cell: Cell) -> dict[str, Any]:
-    return {"id": cell.id, "label": cell.label, "seed": cell.seed, "scenario": cell.scenario.to_dict()}
+def _execute(payload: dict[str, Any], run_dir: str) -> tuple[str, float]:
+    """A local worker's job: run the cell and write its row itself; returns (status, seconds)."""
+    if _orphaned():  # queued before the parent died: nobody waits for it
+        os._exit(0)
+    _WORKER["busy"] = True
+    try:
+        row = compute_cell(payload)
+        write_outcome(Store(run_dir), row)
+    finally:
+        _WORKER["busy"] = False
+    return row["status"], row["seconds"]
+
+
+# ------------------------------------------------------------------------------------ progress
+def _kind(scenario: dict[str, Any]) -> str:
+    keys = ("mode", "dataset", "model", "protocol", "rounds", "local_steps", "num_clients", "inversion_attack",
+            "inversion_attack_params", "analytics_users")
+    return json.dumps([scenario.get(k) for k in keys], sort_keys=True, default=str)
+
+
+class Progress:
+    """Finished cells out of ``total`` and an estimate of the time left.
+
+    The estimate: each pending cell costs the mean measured seconds of finished cells of its kind
+    (same mode, dataset, model, protocol, rounds, local steps, clients, attack), or of all finished
+    cells when none of its kind has finished; the sum is divided by the number of workers.
+    """
+
+    def __init__(self, name: str, pending: list[dict[str, Any]], workers: int, *, enabled: bool = True,
+                 stream: Any = None, every_s: float = PROGRESS_EVERY_S):
+        self.name, self.workers = name, max(1, workers)
+        self.left = {p["id"]: _kind(p["scenario"]) for p in pending}
+        self.total = len(pending)
+        self.costs: dict[str, list[float]] = {}
+        self.counts = {"done": 0, "failed": 0}
+        self.start = time.monotonic()
+        self.enabled = enabled and self.total > 0
+        self.every_s = every_s
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.last_line = self.start
+        self.bar = None
+        if self.enabled and self.tty:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.total, unit="cell", desc=f"{name}: cells", dynamic_ncols=True,
+                            file=self.stream, bar_format="{desc} {n_fmt}/{total_fmt} {bar} [{elapsed}{postfix}]")
+        elif self.enabled:
+            log.info("%s: %d cell(s) to run on %d worker(s)", name, self.total, self.workers)
+
+    @property
+    def finished_count(self) -> int:
+        return self.counts["done"] + self.counts["failed"]
+
+    def eta_s(self) -> float | None:
+        every = [c for v in self.costs.values() for c in v]
+        if not every:
+            return None
+        overall = statistics.fmean(every)
+        left = sum(statistics.fmean(self.costs[k]) if k in self.costs else overall for k in self.left.values())
+        return left / min(self.workers, max(1, len(self.left)))
+
+    def text(self) -> str:
+        eta = self.eta_s()
+        failed = f", {self.counts['failed']} failed" if self.counts["failed"] else ""
+        left = "time left: estimated after the first cell" if eta is None else f"~{_hms(eta)} left"
+        return (f"{self.name}: {self.finished_count}/{self.total} cells finished{failed}, "
+                f"{_hms(time.monotonic() - self.start)} elapsed, {left}")
+
+    def finished(self, payload_id: str, status: str, seconds: float | None) -> None:
+        kind = self.left.pop(payload_id, None)
+        self.counts[status] += 1
+        if kind is not None and seconds is not None and status == "done":
+            self.costs.setdefault(kind, []).append(float(seconds))
+        if self.bar is not None:
+            eta = self.eta_s()
+            self.bar.set_postfix_str(("" if eta is None else f"~{_hms(eta)} left")
+                                     + (f", {self.counts['failed']} failed" if self.counts["failed"] else ""),
+                                     refresh=False)
+            self.bar.update(1)
+        self.tick()
+
+    def tick(self) -> None:
+        """Called often: refreshes the bar, or logs a plain line every ``every_s`` seconds."""
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.refresh()
+            return
+        now = time.monotonic()
+        if now - self.last_line >= self.every_s or self.finished_count == self.total:
+            self.last_line = now
+            log.info("%s", self.text())
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _hms(seconds: float) -> str:
+    s = int(round(seconds))
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+# ------------------------------------------------------------------------------------ run directory
+def bind_run_dir(store: Store, spec: Spec, *, force: bool = False) -> dict[str, Any]:
+    """Bind the run directory to ``spec`` and this privfl / torch; returns the producer record.
+
+    Refuses (:class:`RunDirInUse`) a directory that holds another spec's (by content hash) or another
+    version's cells, unless ``force``; every binding is kept in meta ``history``.
+    """
+    machine = provenance()
+    current = {"spec_hash": spec.content_hash(), "spec_name": spec.name, **machine}
+    bound = store.get_meta("binding")
+    problems = []
+    if bound is None and store.count() > 0:
+        problems.append("its cells were written by an earlier privfl that recorded no spec hash or versions")
+    elif bound is not None:
+        if bound.get("spec_hash") != current["spec_hash"]:
+            problems.append(f"it holds spec {bound.get('spec_name')!r} (content hash {bound.get('spec_hash')}), "
+                            f"this is spec {spec.name!r} (content hash {current['spec_hash']})")
+        for key in ("privfl", "torch"):
+            if bound.get(key) != current[key]:
+                problems.append(f"its cells were computed with {key} {bound.get(key)}, this is {key} {current[key]}")
+    if problems and not force:
+        raise RunDirInUse(
+            f"--out {str(store.run_dir)!r}: a run directory belongs to one spec and one privfl/torch version, but "
+            + "; ".join(problems)
+            + ". Choose a new --out, or pass --force to add this run to it (cells common to both are reused and "
+              "shown under this spec's labels; the report lists which versions produced which cells)."
+        )
+    if problems:
+        log.warning("--force: %s", "; ".join(problems))
+    history = store.get_meta("history", []) or []
+    history.append({**current, "time": time.time(), "forced": bool(problems)})
+    store.set_meta("history", history)
+    store.set_meta("binding", current)
+    store.set_meta("spec", {"name": spec.name, "description": spec.description, "seeds": spec.seeds,
+                            "hash": current["spec_hash"]})
+    return {"spec_hash": current["spec_hash"], "privfl": machine["privfl"], "torch": machine["torch"],
+            "python": machine["python"]}
 
 
 def run_spec(
@@ -93,105 +282,83 @@ def run_spec(
     *,
     workers: int | None = None,
     progress: bool = True,
+    force: bool = False,
+    max_cells: int | None = MAX_CELLS,
 ) -> RunSummary:
     """Run (or resume) every cell of ``spec`` into ``out_dir``; reports are written at the end."""
     if workers is None:
         workers = default_workers()
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
-        raise ValueError(f"workers must be an integer >= 0 (0 runs in this process), got {workers!r}")
-    cells = spec.validate()
+        raise SpecError(f"workers must be an integer >= 0 (0 runs in this process), got {workers!r}")
+    cells = spec.validate(max_cells=max_cells)
     store = Store(out_dir)
-    store.set_meta("spec", {"name": spec.name, "description": spec.description, "seeds": spec.seeds})
-    store.set_meta("cells", [c.id for c in cells])
+    producer = bind_run_dir(store, spec, force=force)
     done = store.done_ids()
-    pending = [c for c in cells if c.id not in done]
-    total_rounds = sum(c.scenario.rounds for c in pending)
-    bar = tqdm(
-        total=total_rounds,
-        unit="round",
-        desc=f"{spec.name}: cells 0/{len(pending)}",
-        disable=not progress,
-        dynamic_ncols=True,
-        mininterval=0.5 if sys.stderr.isatty() else 10.0,
-    )
-    counts = {"done": 0, "failed": 0}
-
-    def finished(status: str) -> None:
-        counts[status] += 1
-        bar.set_description(f"{spec.name}: cells {counts['done'] + counts['failed']}/{len(pending)}")
-
+    store.relabel({c.id: (spec.name, c.label) for c in cells if c.id in done})
+    pending = [payload_of(c, spec, producer) for c in cells if c.id not in done]
+    tracker = Progress(spec.name, pending, workers or 1, enabled=progress)
     try:
         if workers == 0 or not pending:
-            for cell in pending:
-                finished(_execute(_payload(cell), str(store.run_dir), spec.name, spec.imports, bar.update))
+            for p in pending:
+                row = compute_cell(p)
+                write_outcome(store, row)
+                tracker.finished(p["id"], row["status"], row["seconds"])
         else:
-            _run_pool(pending, store, spec, min(workers, len(pending)), bar, finished)
+            _run_pool(pending, store, min(workers, len(pending)), tracker)
     finally:
-        bar.close()
+        tracker.close()
     from privfl.evaluations.report import write_report
 
     write_report(store.run_dir)
-    return RunSummary(store.run_dir, len(cells), len(cells) - len(pending), counts["done"], counts["failed"])
+    return RunSummary(store.run_dir, len(cells), len(cells) - len(pending), tracker.counts["done"],
+                      tracker.counts["failed"])
 
 
-def _run_pool(pending: list[Cell], store: Store, spec: Spec, workers: int, bar: tqdm, finished) -> None:
+def _run_pool(pending: list[dict[str, Any]], store: Store, workers: int, tracker: Progress) -> None:
     ctx = get_context("spawn")
-    with ctx.Manager() as manager:
-        ticks = manager.Queue()
-        todo = list(reversed(pending))
-        while todo:
-            pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker)
-            in_flight: dict[Future, Cell] = {}
-            broken = False
-            try:
-                while todo or in_flight:
-                    while todo and len(in_flight) < workers and not broken:
-                        cell = todo.pop()
-                        try:
-                            fut = pool.submit(_execute, _payload(cell), str(store.run_dir), spec.name, spec.imports,
-                                              ticks)
-                        except BrokenProcessPool:  # broke before we heard of it: resubmit on a fresh pool
-                            todo.append(cell)
-                            broken = True
-                            break
-                        in_flight[fut] = cell
-                    if not in_flight:
-                        break
-                    completed, _ = wait(list(in_flight), timeout=0.25, return_when=FIRST_COMPLETED)
-                    _drain(ticks, bar)
-                    for fut in completed:
-                        cell = in_flight.pop(fut)
-                        try:
-                            finished(fut.result())
-                        except BrokenProcessPool:
-                            broken = True
-                            _record_lost(store, spec, cell, "a worker process died (killed or out of memory) while "
-                                                            "this cell was in flight")
-                            finished("failed")
-                        except Exception:
-                            _record_lost(store, spec, cell, traceback.format_exc())
-                            finished("failed")
-                    if broken and not in_flight:
-                        break
-            finally:
-                _drain(ticks, bar)
-                pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _drain(ticks: Any, bar: tqdm) -> None:
-    n = 0
-    while True:
+    todo = list(reversed(pending))
+    run_dir = str(store.run_dir)
+    while todo:
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                                   initargs=(os.getpid(),))
+        in_flight: dict[Future, dict[str, Any]] = {}
+        broken = False
         try:
-            n += ticks.get_nowait()
-        except queue_mod.Empty:
-            break
-    if n:
-        bar.update(n)
+            while todo or in_flight:
+                while todo and len(in_flight) < workers and not broken:
+                    payload = todo.pop()
+                    try:
+                        fut = pool.submit(_execute, payload, run_dir)
+                    except BrokenProcessPool:  # broke before we heard of it: resubmit on a fresh pool
+                        todo.append(payload)
+                        broken = True
+                        break
+                    in_flight[fut] = payload
+                if not in_flight:
+                    break
+                completed, _ = wait(list(in_flight), timeout=0.5, return_when=FIRST_COMPLETED)
+                tracker.tick()
+                for fut in completed:
+                    payload = in_flight.pop(fut)
+                    try:
+                        status, seconds = fut.result()
+                    except BrokenProcessPool:
+                        broken = True
+                        _record_lost(store, payload, "a worker process died (killed or out of memory) while "
+                                                     "this cell was in flight")
+                        status, seconds = "failed", None
+                    except Exception:
+                        _record_lost(store, payload, traceback.format_exc())
+                        status, seconds = "failed", None
+                    tracker.finished(payload["id"], status, seconds)
+                if broken and not in_flight:
+                    break
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _record_lost(store: Store, spec: Spec, cell: Cell, reason: str) -> None:
+def _record_lost(store: Store, payload: dict[str, Any], reason: str) -> None:
     """Record a cell whose worker never reported (a done row, if the worker wrote one, stays)."""
-    store.record(
-        cell_id=cell.id, spec=spec.name, label=cell.label, seed=cell.seed, scenario=cell.scenario.to_dict(),
-        status="failed", error=reason,
-    )
+    write_outcome(store, {"cell_id": payload["id"], "spec": payload["spec"], "label": payload["label"],
+                          "seed": payload["seed"], "scenario": payload["scenario"], "status": "failed",
+                          "error": reason, "producer": payload.get("producer")})

@@ -45,6 +45,23 @@ class SpecError(ValueError):
     """Bad input in a scenario or spec: which field, what it got, what is allowed."""
 
 
+# Upper bounds on the size-like fields (checked by ``Scenario.validate`` before anything runs), and on
+# the work of one cell: rounds × participating clients × local steps, in client SGD steps.
+LIMITS: dict[str, int] = {
+    "rounds": 100_000,
+    "num_clients": 100_000,
+    "local_steps": 10_000,
+    "batch_size": 100_000,
+    "eval_every": 100_000,
+    "client_chunk": 100_000,
+    "byzantine": 100_000,
+    "inversion_victims": 1_000,
+    "inversion_grid_images": 64,
+    "analytics_users": 100_000_000,
+}
+MAX_CLIENT_STEPS = 10**9  # about a day of CPU time for the smallest model; larger cells are refused
+
+
 @dataclass
 class Scenario:
     """One federated experiment. Component fields are registry names; ``*_params`` their keywords.
@@ -179,6 +196,7 @@ class Scenario:
         Common checks, then the mode's own validator (the federated mode's is :meth:`validate_federated`).
         """
         self.check_types(where)
+        self.check_bounds(where)
         try:
             resolve_device(self.device)
         except ValueError as exc:
@@ -189,6 +207,21 @@ class Scenario:
         validator = MODE_VALIDATORS.get(self.mode)
         if validator is not None:
             validator(self, where)
+
+    def check_bounds(self, where: str = "scenario") -> None:
+        """Size-like fields within :data:`LIMITS`, and one cell's training work within
+        :data:`MAX_CLIENT_STEPS` client SGD steps (rounds × participating clients × local steps)."""
+        for name, limit in LIMITS.items():
+            value = getattr(self, name)
+            if isinstance(value, int) and value > limit:
+                raise self._bad(where, name, f"at most {limit:,} (privfl's documented bound for this field)")
+        rate = self.sample_rate if isinstance(self.sample_rate, (int, float)) and 0 < self.sample_rate <= 1 else 1
+        steps = self.rounds * max(1, round(rate * self.num_clients)) * self.local_steps
+        if self.mode != "analytics" and steps > MAX_CLIENT_STEPS:
+            raise SpecError(
+                f"{where}.rounds: rounds={self.rounds:,} × {max(1, round(rate * self.num_clients)):,} participating "
+                f"clients × local_steps={self.local_steps:,} = {steps:,} client SGD steps in one cell; allowed: at "
+                f"most {MAX_CLIENT_STEPS:,}")
 
     def _bad(self, where: str, name: str, allowed: str) -> SpecError:
         return SpecError(f"{where}.{name}: got {getattr(self, name)!r}; allowed: {allowed}")
@@ -254,11 +287,31 @@ class Scenario:
             if ext.validate is not None:
                 ext.validate(self, where)
         try:
-            self.build_components(seed=0)
+            parts = self.build_components(seed=0)
         except SpecError:
             raise
         except (ValueError, TypeError) as exc:
             raise SpecError(f"{where}: {exc}") from None
+        self._check_round_sizes(parts, where)
+
+    def _check_round_sizes(self, parts: dict[str, Any], where: str) -> None:
+        """Each rule's own requirement on the rows a round gives it (Krum n > 2f + 2, ...), checked by
+        calling the pre-aggregators and the aggregator on random rows of a round's size: round(q·n)
+        participants (Poisson sampling: the expected count; a smaller round may still fail at run time)."""
+        rows = max(1, round(self.sample_rate * self.num_clients))
+        x = torch.randn(rows, 4, generator=torch.Generator().manual_seed(0))
+        context = (f"a round gives it {rows} client update(s) (num_clients={self.num_clients}, "
+                   f"sample_rate={self.sample_rate:g}, byzantine={self.byzantine})")
+        for i, pre in enumerate(parts["preaggregators"]):
+            try:
+                x = pre(x, generator=torch.Generator().manual_seed(0))
+            except (ValueError, TypeError) as exc:
+                raise SpecError(f"{where}.preaggregators[{i}]: {exc}; {context}") from None
+            context = f"the pre-aggregators give it {x.shape[0]} row(s) per round"
+        try:
+            parts["aggregator"](x)
+        except (ValueError, TypeError) as exc:
+            raise SpecError(f"{where}.aggregator: {exc}; {context}") from None
 
     @staticmethod
     def _check_component(

@@ -20,7 +20,10 @@ Specs are read with ``yaml.safe_load`` only: a spec is data, never code.
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
+import json
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -31,7 +34,11 @@ import yaml
 from privfl import registry
 from privfl.evaluations.scenario import Scenario, SpecError, cell_id
 
-__all__ = ["Spec", "Cell", "load_spec", "bundled_specs", "parse_spec"]
+__all__ = ["Spec", "Cell", "load_spec", "bundled_specs", "parse_spec", "MAX_CELLS"]
+
+# Default limit on the number of cells a spec may expand to (``privfl run --max-cells`` changes it):
+# counted without expanding the grid, so a runaway grid is refused at once.
+MAX_CELLS = 10_000
 
 SPEC_KEYS = ("name", "description", "imports", "base", "grid", "seeds")
 CASES = "cases"  # grid axes named cases, cases_*: values are mappings of fields set together (+ a label)
@@ -59,6 +66,28 @@ class Spec:
     seeds: list[int]
     description: str = ""
     imports: list[str] = field(default_factory=list)
+
+    def count_cells(self) -> int:
+        """How many cells the grid expands to (before merging duplicates), counted without expanding it."""
+        per_seed = sum(math.prod(len(v) for v in block.values()) for block in (self.grid or [{}]))
+        return per_seed * len(self.seeds)
+
+    def check_size(self, max_cells: int | None = MAX_CELLS) -> int:
+        """The cell count; :class:`SpecError` when it exceeds ``max_cells`` (``None``: no limit)."""
+        n = self.count_cells()
+        if max_cells is not None and n > max_cells:
+            blocks = " + ".join(
+                " × ".join(str(len(v)) for v in block.values()) or "1" for block in (self.grid or [{}]))
+            raise SpecError(
+                f"spec {self.name!r}: the grid expands to {n:,} cells (({blocks}) × {len(self.seeds)} seed(s)), "
+                f"more than the limit of {max_cells:,}; shrink the grid or raise the limit with --max-cells")
+        return n
+
+    def content_hash(self) -> str:
+        """A hash of everything that decides the spec's cells and labels (not its description)."""
+        text = json.dumps({"name": self.name, "base": self.base.to_dict(), "grid": self.grid, "seeds": self.seeds,
+                           "imports": self.imports}, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def cells(self) -> list[Cell]:
         """All cells in a deterministic order; duplicates (same scenario and seed) appear once."""
@@ -89,9 +118,14 @@ class Spec:
                     out.setdefault(cid, Cell(cid, label, seed, scenario))
         return list(out.values())
 
-    def validate(self) -> list[Cell]:
-        """Validate every distinct scenario (bad input fails here, before anything runs)."""
-        registry.load_plugins(self.imports)
+    def validate(self, *, max_cells: int | None = MAX_CELLS) -> list[Cell]:
+        """Validate every distinct scenario (bad input fails here, before anything runs); a grid larger
+        than ``max_cells`` is refused before it is expanded."""
+        self.check_size(max_cells)
+        try:
+            registry.load_plugins(self.imports)
+        except ValueError as exc:
+            raise SpecError(f"spec.{exc}") from None
         cells = self.cells()
         seen: set[str] = set()
         for cell in cells:
@@ -176,8 +210,23 @@ def parse_spec(raw: Any, *, default_name: str = "spec") -> Spec:
     else:
         raise SpecError(f"spec.seeds: got {seeds_raw!r}; allowed: an integer >= 1 or a non-empty list of integers >= 0")
     spec = Spec(name=name, base=base, grid=grid, seeds=seeds, description=description, imports=imports)
-    spec.cells()  # dotted axes and field names checked now
+    _check_axes(spec)  # dotted axes, field names and value types checked now, without expanding the grid
     return spec
+
+
+def _check_axes(spec: Spec) -> None:
+    """Axis names (dotted ones too) and the keys of every case, checked without expanding the grid: one
+    scenario per axis (its first value) and per case; every value is type-checked later by ``validate``."""
+    base = spec.base.to_dict()
+    for i, block in enumerate(spec.grid):
+        for axis, values in block.items():
+            for value in values if _is_cases(axis) else values[:1]:
+                data = copy.deepcopy(base)
+                items = dict(value).items() if _is_cases(axis) else [(axis, value)]
+                for key, v in items:
+                    if key != "label" or not _is_cases(axis):
+                        _set_dotted(data, key, v)
+                Scenario.from_dict(data, where=f"spec.grid[{i}].{axis}")
 
 
 def bundled_specs() -> dict[str, Path]:

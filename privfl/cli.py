@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -50,6 +52,7 @@ def _int_at_least(low: int, note: str = "") -> Callable[[str], int]:
 
 _workers = _int_at_least(0, " (0 = in this process)")
 _trials = _int_at_least(8)
+_max_cells = _int_at_least(1)
 
 
 def _delta(text: str) -> float:
@@ -70,13 +73,20 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--out", type=Path, help="run directory (default: results/<spec name>)")
     p_run.add_argument("--workers", type=_workers, help="worker processes (default: number of cores; 0 = in-process)")
     p_run.add_argument("--device", help="override every cell's device: auto, cpu, cuda or cuda:N")
-    p_run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p_run.add_argument("--no-progress", action="store_true", help="hide the progress bar / progress lines")
+    p_run.add_argument("--force", action="store_true",
+                       help="run into a directory that holds another spec's or another privfl/torch version's cells")
+    p_run.add_argument("--max-cells", type=_max_cells, default=None,
+                       help="refuse grids with more cells than this (default 10000)")
     p_report = sub.add_parser("report", help="write results.md, results.csv and plots for a run directory")
     p_report.add_argument("run_dir", type=Path)
     p_audit = sub.add_parser("audit", help="ε per round for each configuration of a spec (RDP and PLD, no training)")
     p_audit.add_argument("spec", help="a YAML spec file or a bundled spec name")
     p_audit.add_argument("--delta", type=_delta, help="δ for every configuration (default: each scenario's delta)")
     p_audit.add_argument("--png", type=Path, help="also write a plot of ε vs round to this PNG")
+    p_audit.add_argument("--tables", type=Path,
+                         help="where the per-round ε tables go (default: results/<spec name>/epsilon_per_round.md); "
+                              "the terminal gets one summary row per configuration")
     p_audit.add_argument("--empirical", action="store_true",
                          help="attack each configuration's mechanism instead: accounted ε of one release next to "
                               "empirical lower bounds (black-box; canary and one-run for central mechanisms)")
@@ -101,8 +111,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         spec.base = spec.base.replace(device=args.device)
         for block in spec.grid:
             block.pop("device", None)
-    out = args.out if args.out is not None else Path("results") / spec.name
-    summary = run_spec(spec, out, workers=args.workers, progress=not args.no_progress)
+    out = _writable_dir(args.out if args.out is not None else Path("results") / spec.name, "--out")
+    limit = {} if args.max_cells is None else {"max_cells": args.max_cells}
+    summary = run_spec(spec, out, workers=args.workers, progress=not args.no_progress, force=args.force, **limit)
     print(
         f"{spec.name}: {summary.total} cells — {summary.skipped} already done, {summary.done} ran, "
         f"{summary.failed} failed. Report: {summary.run_dir / 'results.md'}"
@@ -112,6 +123,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
               "re-run the same command to retry them", file=sys.stderr)
         return EXIT_ERROR
     return EXIT_OK
+
+
+def _writable_dir(path: Path, option: str) -> Path:
+    """``path`` as a run directory (created if missing); :class:`SpecError` naming ``option`` otherwise."""
+    from privfl.evaluations.scenario import SpecError
+
+    if path.exists() and not path.is_dir():
+        raise SpecError(f"{option}: {str(path)!r} is an existing file, not a directory; allowed: a directory "
+                        "(existing or new)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SpecError(f"{option}: cannot create directory {str(path)!r}: {exc.strerror or exc}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise SpecError(f"{option}: directory {str(path)!r} is not writable")
+    return path
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -125,18 +152,33 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_audit(args: argparse.Namespace) -> int:
     from privfl.evaluations.privacy import audit_spec
+    from privfl.evaluations.scenario import SpecError
     from privfl.evaluations.spec import load_spec
+
+    if args.png is not None and not args.png.parent.is_dir():
+        raise SpecError(f"--png: directory {str(args.png.parent)!r} does not exist")
 
     if args.empirical:
         from privfl.evaluations.audit import audit_spec_empirical
 
         print(audit_spec_empirical(load_spec(args.spec), delta=args.delta, png=args.png, trials=args.trials))
         return EXIT_OK
-    print(audit_spec(load_spec(args.spec), delta=args.delta, png=args.png))
+    spec = load_spec(args.spec)
+    tables = args.tables if args.tables is not None else Path("results") / spec.name / "epsilon_per_round.md"
+    _writable_dir(tables.parent, "--tables")
+    print(audit_spec(spec, delta=args.delta, png=args.png, tables=tables))
     return EXIT_OK
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
+    """Each component: its name with its parameters and defaults, then the paper and variant (the first
+    paragraph of its docstring)."""
+    import textwrap
+
+    from privfl.evaluations.scenario import SpecError
+
+    if args.kind is not None and args.kind not in registry.KINDS:
+        raise SpecError(f"KIND: got {args.kind!r}; valid kinds: {', '.join(registry.KINDS)}")
     kinds = [args.kind] if args.kind else list(registry.KINDS)
     for kind in kinds:
         names = registry.available(kind)
@@ -147,18 +189,51 @@ def _cmd_list(args: argparse.Namespace) -> int:
                 for p in registry.parameters(kind, name).values()
             )
             print(f"  {name}({params})")
+            doc = (inspect.getdoc(registry.get(kind, name)) or "").split("\n\n")[0].replace("``", "")
+            if doc:
+                print(textwrap.fill(" ".join(doc.split()), width=110, initial_indent=" " * 6,
+                                    subsequent_indent=" " * 6))
         if not names:
             print("  (none yet)")
     return EXIT_OK
+
+
+def _bad_input_types() -> tuple[type[BaseException], ...]:
+    """Only validation errors are bad input (exit 2); any other ValueError/TypeError is a bug (exit 1)."""
+    from privfl.evaluations.scenario import SpecError
+    from privfl.evaluations.store import StoreError
+
+    return (SpecError, StoreError)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr  # (setStream would flush the previous, possibly closed, stream)
+        super().emit(record)
+
+
+def _setup_logging() -> None:
+    """``privfl`` logger → stderr: progress lines and summaries (a terminal also gets the progress bar)."""
+    logger = logging.getLogger("privfl")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        fmt = "privfl: %(message)s" if sys.stderr.isatty() else "%(asctime)s privfl: %(message)s"
+        handler.setFormatter(logging.Formatter(fmt, datefmt="%H:%M:%S"))
+        logger.addHandler(handler)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = {"run": _cmd_run, "report": _cmd_report, "list": _cmd_list, "audit": _cmd_audit}[args.command]
+    _setup_logging()
     try:
         return handler(args)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+    except _bad_input_types() as exc:
         print(f"privfl {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -228,7 +228,7 @@ def test_reports_written(tmp_path):
         assert (run_dir / fname).stat().st_size > 0
     with open(run_dir / "results.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == 2 and {r["lr"] for r in rows} == {"0.05", "0.1"}
+    assert len(rows) == 2 and {r["scenario.lr"] for r in rows} == {"0.05", "0.1"}
     assert all(0.0 <= float(r["final_accuracy"]) <= 1.0 for r in rows)
     md = (run_dir / "results.md").read_text()
     assert "| lr=0.05 | 1 |" in md and "2 cell(s) done, 0 failed" in md
