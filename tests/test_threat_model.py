@@ -179,15 +179,20 @@ def test_local_mechanism_keeps_its_epsilon_under_omniscient_attack(digits):
     assert sim.privacy_warning is None and math.isfinite(sim.epsilon())
 
 
-def test_audit_cli_shows_the_warning_instead_of_epsilon(capsys):
+def test_audit_cli_shows_the_warning_instead_of_epsilon(capsys, tmp_path):
     from privfl.cli import main
 
-    assert main(["audit", "threat_model"]) == 0
+    tables = tmp_path / "tables.md"
+    assert main(["audit", "threat_model", "--tables", str(tables)]) == 0
     out = capsys.readouterr().out
-    mimic, own = out.split("## byzantine_attack=alie-own-data")
-    assert NOT_A_GUARANTEE in mimic and "| round |" not in mimic
-    assert NOT_A_GUARANTEE not in own and "| 5 |" in own
+    mimic = next(line for line in out.splitlines() if line.startswith("| byzantine_attack=mimic"))
+    own = next(line for line in out.splitlines() if line.startswith("| byzantine_attack=alie-own-data"))
+    assert NOT_A_GUARANTEE in mimic and "none reported" in mimic
+    assert NOT_A_GUARANTEE not in own and "none reported" not in own
     assert "record-level, per participating client, no sampling amplification" in own  # §5: the unit
+    mimic_tables, own_tables = tables.read_text().split("## byzantine_attack=alie-own-data")
+    assert NOT_A_GUARANTEE in mimic_tables and "| round |" not in mimic_tables
+    assert NOT_A_GUARANTEE not in own_tables and "| 5 |" in own_tables
 
 
 @pytest.mark.slow
@@ -204,6 +209,6 @@ def test_privfl_run_on_the_bundled_spec(tmp_path):
     own_line = next(line for line in md.splitlines() if line.startswith("| byzantine_attack=alie-own-data"))
     assert NOT_A_GUARANTEE in mimic_line
     assert NOT_A_GUARANTEE not in own_line and "(record-level, per participating client" in own_line
-    rows = {r["byzantine_attack"]: r for r in csv.DictReader(open(tmp_path / "results.csv"))}
+    rows = {r["scenario.byzantine_attack"]: r for r in csv.DictReader(open(tmp_path / "results.csv"))}
     assert rows["mimic"]["epsilon"] == "" and rows["mimic"]["privacy_warning"].startswith(NOT_A_GUARANTEE)
     assert float(rows["alie-own-data"]["epsilon"]) > 0 and not rows["alie-own-data"]["privacy_warning"]
