@@ -120,8 +120,10 @@ def true_class_probability(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 def _cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Per-record cross-entropy in float64: an overfit model's float32 loss is exactly 0 on most records,
+    which would tie members with confident non-members and cripple the threshold baselines."""
     idx = labels.expand(logits.shape[:-1]).unsqueeze(-1)
-    return -torch.log_softmax(logits, dim=-1).gather(-1, idx).squeeze(-1)
+    return -torch.log_softmax(logits.double(), dim=-1).gather(-1, idx).squeeze(-1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,7 +248,10 @@ class LossAttack(MembershipAttack):
         logits = query.target_logits[:1]  # the plain query: the baseline's threat model has no augmentation
         if self.statistic == "loss":
             return -_cross_entropy(logits, query.labels)[0]
-        return torch.softmax(logits, dim=-1).amax(dim=-1)[0]
+        # log(p_max / (1 − p_max)), a monotone map of p_max that does not round to 0 for confident records
+        top = logits.double().max(dim=-1, keepdim=True)
+        rest = logits.double().scatter(-1, top.indices, float("-inf"))
+        return -torch.logsumexp(rest - top.values, dim=-1)[0]
 
 
 @register("membership_attack", "population")
@@ -262,7 +267,7 @@ class PopulationAttack(MembershipAttack):
         loss_x = _cross_entropy(query.target_logits[0], query.labels)
         loss_z = torch.sort(_cross_entropy(query.population_logits[0], query.population_labels)).values
         below = torch.searchsorted(loss_z, loss_x, right=True)  # #{z: ℓ(z) <= ℓ(x)}
-        return -torch.log((1.0 + below.to(loss_x.dtype)) / (1.0 + loss_z.numel()))
+        return -torch.log((1.0 + below.double()) / (1.0 + loss_z.numel()))
 
 
 # --------------------------------------------------------------------------------------------

@@ -117,6 +117,16 @@ def test_logit_confidence_is_log_odds_of_the_true_class():
     assert logit_confidence(big, torch.tensor([0])).item() == pytest.approx(60.0)
 
 
+def test_threshold_baselines_separate_confident_records():
+    """float32 cross-entropy is exactly 0 at margins 20 and 30; the baselines still rank them (float64)."""
+    logits = torch.tensor([[[20.0, 0.0], [30.0, 0.0]]])
+    q = MembershipQuery(labels=torch.tensor([0, 0]), target_logits=logits)
+    assert torch.nn.functional.cross_entropy(logits[0], q.labels, reduction="none").eq(0).all()
+    for statistic in ("loss", "max-confidence"):
+        s = privfl.make("membership_attack", "loss", statistic=statistic).score(q)
+        assert s[1] > s[0], statistic
+
+
 def _synthetic_query(S=6, N=5, seed=0):
     g = torch.Generator().manual_seed(seed)
     ref_in = balanced_splits(S, N, generator=g)
