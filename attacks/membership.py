@@ -23,7 +23,8 @@ Attacks (registry kind ``"membership_attack"``):
   reference models that trained on it (IN) and those that did not (OUT). Online: mean over queries of
   log N(φ; μ_in, σ_in²) − log N(φ; μ_out, σ_out²); offline: the one-sided test log Φ((φ − μ_out)/σ_out).
   ``variance="auto"`` uses per-example variances from 64 reference models on (the paper's threshold)
-  and one pooled ("global") variance below that.
+  and below that the fixed ("global") variance of the LiRA code: the variance of all IN (OUT) φ over
+  models and candidates, which stays defined with one reference model per side.
 - ``rmia`` — Zarifzadeh, Liu, Shokri, "Low-Cost High-Power Membership Inference Attacks", ICML 2024.
   Pr(x|θ) = softmax probability of the true label; Pr(x) averages the reference models (online: all;
   offline: OUT only, with the paper's linear IN approximation Pr(x) = ½((1+a)·Pr_out(x) + (1−a)));
@@ -273,14 +274,13 @@ class PopulationAttack(MembershipAttack):
 # --------------------------------------------------------------------------------------------
 # LiRA
 # --------------------------------------------------------------------------------------------
-def _masked_moments(phi: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _masked_moments(phi: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """Per (query, candidate) mean and variance of ``phi [S, A, N]`` over the models where ``mask [S, N]``."""
     w = mask.to(phi.dtype).unsqueeze(1)  # [S, 1, N]
     count = w.sum(dim=0)  # [1, N]
     mean = (w * phi).sum(dim=0) / count.clamp_min(1.0)
-    resid = (phi - mean) * w
-    var = (resid**2).sum(dim=0) / (count - 1.0).clamp_min(1.0)
-    return mean, var, resid
+    var = (((phi - mean) * w) ** 2).sum(dim=0) / (count - 1.0).clamp_min(1.0)
+    return mean, var
 
 
 @register("membership_attack", "lira")
@@ -312,21 +312,22 @@ class LiRA(MembershipAttack):
         per_example = self.variance == "per-example" or (
             self.variance == "auto" and phi.shape[0] >= self.PER_EXAMPLE_FROM
         )
-        mu_out, var_out, res_out = _masked_moments(phi, ~ins)
-        fits = [(mu_out, var_out, res_out, ~ins)]
+        mu_out, var_out = _masked_moments(phi, ~ins)
+        fits = [(mu_out, var_out, ~ins, "without")]
         if self.online:
-            mu_in, var_in, res_in = _masked_moments(phi, ins)
-            fits.append((mu_in, var_in, res_in, ins))
+            mu_in, var_in = _masked_moments(phi, ins)
+            fits.append((mu_in, var_in, ins, "with"))
         sds = []
-        for _, var, res, mask in fits:
+        for _, var, mask, side in fits:
             if not bool(mask.any(dim=0).all()):
-                raise ValueError(f"{self.label}: every candidate needs at least one reference model "
-                                 f"{'without' if mask is fits[0][3] else 'with'} it (use balanced_splits)")
+                raise ValueError(f"{self.label}: every candidate needs at least one reference model {side} it "
+                                 "(use balanced_splits)")
             if per_example:
                 sds.append(var.clamp_min(1e-12).sqrt())
-            else:  # one pooled variance per query over all (model, candidate) residuals
-                dof = (mask.sum() - mask.any(dim=0).sum()).clamp_min(1)
-                pooled = (res**2).sum(dim=(0, 2)) / dof
+            else:  # LiRA's fixed variance: the std of every φ on that side, over models and candidates
+                w = mask.to(phi.dtype).unsqueeze(1)
+                grand = (w * phi).sum(dim=(0, 2), keepdim=True) / w.sum()
+                pooled = (w * (phi - grand) ** 2).sum(dim=(0, 2)) / (w.sum() - 1.0).clamp_min(1.0)
                 sds.append(pooled.clamp_min(1e-12).sqrt().unsqueeze(-1).expand_as(var))
         out = torch.distributions.Normal(mu_out, sds[0])
         if self.online:

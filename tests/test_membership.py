@@ -152,6 +152,13 @@ def test_lira_matches_scipy_gaussian_fits():
         lr = norm.logpdf(phi_t[j], a.mean(), a.std(ddof=1)) - norm.logpdf(phi_t[j], b.mean(), b.std(ddof=1))
         assert online[j] == pytest.approx(lr, rel=1e-9)
         assert offline[j] == pytest.approx(norm.logcdf((phi_t[j] - b.mean()) / b.std(ddof=1)), rel=1e-9)
+    # fixed ("global") variance, as in the LiRA code: the std of all IN / OUT values
+    online_g = LiRA(online=True, variance="global").score(q).numpy()
+    sd_in, sd_out = phi[ins].std(ddof=1), phi[~ins].std(ddof=1)
+    for j in range(len(phi_t)):
+        a, b = phi[ins[:, j], j], phi[~ins[:, j], j]
+        lr = norm.logpdf(phi_t[j], a.mean(), sd_in) - norm.logpdf(phi_t[j], b.mean(), sd_out)
+        assert online_g[j] == pytest.approx(lr, rel=1e-9)
 
 
 def test_rmia_matches_brute_force():
