@@ -337,3 +337,21 @@ def test_mia_epsilon_lower_bound_never_exceeds_the_accounted_epsilon():
     assert len(bounds) == 5 and all(v <= eps for v in bounds.values()), (eps, bounds)
     member = np.r_[np.ones(200, bool), np.zeros(200, bool)]
     assert membership_metrics(member.astype(float), member, delta=1e-5)["eps_lb"] > eps
+
+
+@pytest.mark.parametrize("threat,mechanism", [("update", None), ("update", "fedrand"), ("rounds", None)])
+def test_federated_threats_run_end_to_end(threat, mechanism):
+    s = Scenario.from_dict({**BASE, "num_clients": 3, "rounds": 2, "local_steps": 10, "partition": "iid",
+                            "partition_params": {}, "mechanism": mechanism,
+                            "membership_params": {"threat": threat, "records": 300}})
+    s.validate()
+    out = run(s, seed=0)
+    summary = out["summary"]
+    names = {"update": ("update-loss", "update-cosine", "loss"), "rounds": ("trajectory", "loss")}[threat]
+    for name in names:
+        assert 0 <= summary[f"mia_{name}_auc"] <= 1
+        lo, tpr, hi = (summary[f"mia_{name}_tpr_1pct{k}"] for k in ("_lo", "", "_hi"))
+        assert lo <= tpr <= hi
+        assert len(out["series"][f"mia_roc_{name}"]) == len(out["series"]["mia_roc_fpr"])
+    if threat == "update":  # candidates: client 0's records and the target's non-members
+        assert summary["mia_members"] < summary["mia_nonmembers"]
