@@ -141,6 +141,8 @@ class Scenario:
     analytics_data: str = "zipf"
     analytics_data_params: dict[str, Any] = field(default_factory=dict)
     analytics_alpha: float | None = None
+    # --- membership inference (mode="membership", privfl.evaluations.membership): threat, attacks, references ---
+    membership_params: dict[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -509,6 +511,7 @@ EXTENSION_MODULES.append("privfl.evaluations.robustness_report")  # accuracy-und
 EXTENSION_MODULES.append("privfl.evaluations.analytics")  # mode "analytics" (LDP frequency estimation)
 EXTENSION_MODULES.append("privfl.evaluations.privacy")  # ε per round and in the summary (privacy accounting)
 EXTENSION_MODULES.append("privfl.evaluations.inversion")  # curious-server gradient inversion, scored
+EXTENSION_MODULES.append("privfl.evaluations.membership")  # mode "membership" (LiRA, RMIA, update attacks)
 _extensions_loaded = False
 
 

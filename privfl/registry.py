@@ -18,6 +18,7 @@ KINDS = (
     "preaggregator",
     "mixing",
     "privacy_attack",
+    "membership_attack",
     "label_strategy",
     "byzantine_attack",
     "dataset",

@@ -41,6 +41,7 @@ from privfl.testing.privacy import has_output_pmf
 CONTRACT_KINDS = ("mechanism", "aggregator", "preaggregator", "mixing", "byzantine_attack")
 NOT_COVERED = {
     "privacy_attack": "optimisation attacks need a model and thousands of steps; tests/test_privacy_attacks.py",
+    "membership_attack": "scores of logits/updates, not [n, d] maps; contract checks in tests/test_membership.py",
     "label_strategy": "label strategies are functions of an Observation; tests/test_privacy_attacks.py",
     "dataset": "datasets load files or generate data; tests/test_datasets.py",
     "model": "models are torch modules; tests/test_models.py",

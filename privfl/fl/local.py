@@ -224,6 +224,9 @@ def train_vmap(
 ) -> Tensor:
     """Local SGD for all clients at once. Returns final weights ``[m, d]``.
 
+    ``w0`` is the common start ``[d]`` or one start per client ``[m, d]`` (shadow models with their
+    own random initialisations, :mod:`privfl.attacks.membership`).
+
     ``x``/``y`` are the (possibly client-poisoned) sample pools indexed by ``plan.index``.
     With ``gradient_only`` it returns the gradient at ``w0`` on the first planned batch (FedSGD).
     With ``opt.dp_clip`` the steps are DP-SGD steps; their noise is drawn from ``noise_generator``.
@@ -254,7 +257,7 @@ def train_vmap(
     outs = []
     for lo in range(0, m, chunk):
         hi = min(m, lo + chunk)
-        W = w0.unsqueeze(0).expand(hi - lo, -1).clone()
+        W = w0[lo:hi].clone() if w0.dim() == 2 else w0.unsqueeze(0).expand(hi - lo, -1).clone()
         buf = None
         for k in range(1 if gradient_only else opt.steps):
             idx = index[lo:hi, k]
