@@ -57,6 +57,7 @@ class FedRand(Mechanism):
 
     name = "fedrand"
     unbiased = True
+    nonfinite = "raise"  # a NaN/±Inf row raises ValueError (no clip to bound it), as the compressors
     param_space = {
         "release_prob": Real(0, 1, lo_open=True, typical=(0.25, 0.75)),
         "granularity": Choice("layer", "tensor"),
@@ -142,6 +143,7 @@ class FedRand(Mechanism):
     ) -> Tensor:
         _checks.updates(x)
         _checks.generator(generator)
+        _checks.require_finite(x, self.name)  # non-finite policy "raise", as the compressors
         mask = self.release_mask(x.shape[0], x.shape[1], generator=generator, device=x.device)
         return torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
 
