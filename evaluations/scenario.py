@@ -105,6 +105,8 @@ class Scenario:
     accounting: str = "rdp"
     dp_clip: float | None = None
     dp_noise: float = 0.0
+    # the server sees only the sum of each round's reports (pbm, rqm, ddg, skellam; uniform sampling)
+    secure_aggregation: bool = False
     # --- privacy attack (curious server) fields ---
     # A curious server attacks `inversion_victims` clients' updates in each of `inversion_rounds` with the
     # privacy_attack `inversion_attack` (None: no attack), knowing the facts in `inversion_grant`; scores and
