@@ -458,6 +458,7 @@ EXTENSION_MODULES.append("privfl.evaluations.robustness_report")  # accuracy-und
 EXTENSION_MODULES.append("privfl.evaluations.analytics")  # mode "analytics" (LDP frequency estimation)
 EXTENSION_MODULES.append("privfl.evaluations.privacy")  # ε per round and in the summary (privacy accounting)
 EXTENSION_MODULES.append("privfl.evaluations.inversion")  # curious-server gradient inversion, scored
+EXTENSION_MODULES.append("privfl.evaluations.distributed_dp")  # distributed-DP table and plot
 _extensions_loaded = False
 
 
