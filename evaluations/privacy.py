@@ -224,7 +224,7 @@ def audit_scenario(scenario: Scenario, *, delta: float | None = None, pld_rounds
             eps_pld = max(ledger.epsilon(delta, method="pld", unit=u) for u in units)
         rows.append(AuditRow(t + 1, eps_rdp, eps_pld))
     if mech is not None:
-        g = mech.guarantee()
+        g = mech.sum_guarantee(n_sum) if secagg else mech.guarantee()
         central = getattr(mech, "central", False) and not hasattr(mech, "participation_guarantee")
         what = f"{scenario.mechanism} ({g.name}, unit {g.unit}"
         what += f", composed over d={dim} coordinates" if g.unit == "coordinate" else ""

@@ -218,3 +218,23 @@ def test_simulation_secure_aggregation_sum_and_ledger():
     assert sim.secure_aggregation_sizes == [5, 5]
     with pytest.raises(ValueError, match="secure_aggregation"):
         build_simulation(sc.replace(mechanism="gaussian", mechanism_params={}), 0)
+
+
+def test_audit_names_the_secure_aggregation_unit():
+    from privfl.evaluations.privacy import audit_scenario
+    from privfl.evaluations.scenario import Scenario
+
+    sc = Scenario(dataset="digits", partition="iid", partition_params={}, num_clients=10, sampling="uniform",
+                  sample_rate=0.5, model="mlp", model_params={"hidden": []}, protocol="fedavg", rounds=3,
+                  mechanism="skellam", mechanism_params={"noise_multiplier": 2.0, "num_clients": 5},
+                  secure_aggregation=True, device="cpu")
+    rows, what = audit_scenario(sc)
+    assert "per client under secure aggregation with 5 participants" in what
+    mech = sc.build_components(0)["mechanism"]
+    mech.bind_dim(650)
+    from privfl.accounting.analysis import DEFAULT_ORDERS, rdp_to_epsilon
+
+    want = rdp_to_epsilon(DEFAULT_ORDERS, 3 * mech.sum_guarantee(5).rdp(DEFAULT_ORDERS), 1e-5)[0]
+    assert rows[-1].epsilon_rdp == pytest.approx(want)
+    local = rdp_to_epsilon(DEFAULT_ORDERS, 3 * mech.guarantee().rdp(DEFAULT_ORDERS), 1e-5)[0]
+    assert want < local / 2  # the sum protects far better than one report alone
