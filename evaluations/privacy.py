@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from privfl import registry
+from privfl.accounting.distributed import unit_label
 from privfl.accounting.guarantees import gaussian_guarantee
 from privfl.accounting.ledger import PrivacyLedger, threat_model_warning
 from privfl.evaluations.report import register_plot
@@ -56,12 +57,18 @@ def _validate(scenario: Scenario, where: str) -> None:
         raise bad("dp_clip", "a number > 0 when dp_noise > 0 (the per-sample clipping norm)")
     if scenario.dp_clip is not None and scenario.batch_size is None:
         raise bad("batch_size", "an integer >= 1 with dp_clip (the expected Poisson batch size)")
+    if not isinstance(scenario.secure_aggregation, bool):
+        raise bad("secure_aggregation", "true or false")
     if not scenario.mechanism:
+        if scenario.secure_aggregation:
+            raise bad("secure_aggregation", "false without a mechanism (nothing to aggregate securely)")
         return
     try:
         mech = registry.make("mechanism", scenario.mechanism, **scenario.mechanism_params)
     except (ValueError, TypeError) as exc:
         raise SpecError(f"{where}.mechanism_params: {exc}") from None
+    if scenario.secure_aggregation:
+        _validate_secure_aggregation(scenario, mech, where)
     needed = getattr(mech, "protocol", None)
     if needed is not None and needed != scenario.protocol:
         raise SpecError(f"{where}.protocol: got {scenario.protocol!r}; mechanism {scenario.mechanism!r} "
@@ -74,7 +81,25 @@ def _validate(scenario: Scenario, where: str) -> None:
         )
 
 
+def _validate_secure_aggregation(scenario: Scenario, mech: Any, where: str) -> None:
+    if not hasattr(mech, "sum_guarantee") or getattr(mech, "central", False):
+        raise SpecError(f"{where}.secure_aggregation: got true with mechanism {scenario.mechanism!r}; allowed: true "
+                        "only with a mechanism accounted inside the sum (pbm, rqm, ddg, skellam)")
+    if scenario.aggregator != "mean" or scenario.preaggregators:
+        raise SpecError(f"{where}.aggregator: got {scenario.aggregator!r} with preaggregators "
+                        f"{scenario.preaggregators!r}; secure aggregation reveals only the sum: allowed 'mean', none")
+    if scenario.sampling != "uniform":
+        raise SpecError(f"{where}.sampling: got {scenario.sampling!r}; secure aggregation is accounted for a fixed "
+                        "number of participants per round: allowed 'uniform'")
+
+
+def participants(scenario: Scenario) -> int:
+    """Participants of a round under uniform sampling (the n of a secure-aggregation guarantee)."""
+    return max(1, round(scenario.sample_rate * scenario.num_clients))
+
+
 def _configure(scenario: Scenario, seed: int, kwargs: dict[str, Any]) -> None:
+    kwargs["secure_aggregation"] = bool(scenario.secure_aggregation)
     if scenario.dp_clip is not None:
         kwargs["local"] = dataclasses.replace(kwargs["local"], dp_clip=float(scenario.dp_clip),
                                               dp_noise=float(scenario.dp_noise))
@@ -122,6 +147,11 @@ def _finish(scenario: Scenario, seed: int, sim: Any, summary: dict[str, Any], se
         summary["nonfinite_rows_replaced"] = int(getattr(sim.mechanism, "nonfinite_replaced", 0))
     voided = summary.get("privacy_warning") is not None
     series["epsilon"] = [None if voided else math.inf if r.epsilon is None else r.epsilon for r in sim.history]
+    sizes = getattr(sim, "secure_aggregation_sizes", None)
+    if scenario.secure_aggregation and sizes:
+        summary["privacy_unit"] = f"client, secure aggregation n={min(sizes)}"
+        if summary.get("epsilon") is not None:
+            summary["epsilon_unit"] = unit_label(min(sizes))
 
 
 register_extension(Extension(name="privacy", validate=_validate, configure=_configure, finish=_finish))
@@ -164,11 +194,19 @@ def audit_scenario(scenario: Scenario, *, delta: float | None = None, pld_rounds
     mech = registry.make("mechanism", scenario.mechanism, **scenario.mechanism_params) if scenario.mechanism else None
     rate = scenario.sample_rate if scenario.sampling == "poisson" else 1.0
     steps = 1 if scenario.protocol == "fedsgd" else scenario.local_steps
-    needs_data = (mech is not None and mech.guarantee().unit == "coordinate") or scenario.dp_noise > 0
+    secagg = bool(scenario.secure_aggregation) and mech is not None
+    n_sum = participants(scenario) - scenario.byzantine if secagg else 1
+    if secagg and n_sum < 1:
+        raise ValueError(f"secure aggregation with {participants(scenario)} participants and {scenario.byzantine} "
+                         "Byzantine clients leaves no honest participant")
+    needs_data = (mech is not None and (mech.guarantee().unit == "coordinate" or hasattr(mech, "bind_dim"))) \
+        or scenario.dp_noise > 0
     dim, dp_rate = 0, None
     if needs_data:
         data = _load_dataset(scenario.dataset, scenario.dataset_params)
         dim = _model_dim(scenario, data)
+        if hasattr(mech, "bind_dim"):
+            mech.bind_dim(dim)
         if scenario.dp_noise > 0:
             clients = partition(scenario.partition, data.y_train, scenario.num_clients,
                                 generator=make_generator(0, "partition"), **scenario.partition_params)
@@ -189,7 +227,11 @@ def audit_scenario(scenario: Scenario, *, delta: float | None = None, pld_rounds
         if mech is None and scenario.dp_noise <= 0:
             rows.append(AuditRow(t + 1, math.inf, math.inf))
             continue
-        if mech is not None:
+        if secagg:
+            g_sum = mech.sum_guarantee(n_sum)
+            ledger.record(g_sum, clients=worst, count=dim if g_sum.unit == "coordinate" else 1, unit="client",
+                          round=t)
+        elif mech is not None:
             if hasattr(mech, "participation_guarantee"):
                 ledger.record(mech.participation_guarantee(t + 1), clients=worst, round=t)
             else:
@@ -207,11 +249,13 @@ def audit_scenario(scenario: Scenario, *, delta: float | None = None, pld_rounds
             eps_pld = max(ledger.epsilon(delta, method="pld", unit=u) for u in units)
         rows.append(AuditRow(t + 1, eps_rdp, eps_pld))
     if mech is not None:
-        g = mech.guarantee()
+        g = mech.sum_guarantee(n_sum) if secagg else mech.guarantee()
         central = getattr(mech, "central", False) and not hasattr(mech, "participation_guarantee")
         what = f"{scenario.mechanism} ({g.name}, unit {getattr(mech, 'epsilon_unit', None) or g.unit}"
         what += f", composed over d={dim} coordinates" if g.unit == "coordinate" else ""
         what += f", central, Poisson client sampling q={rate:g})" if central else ", worst client joins every round)"
+        if secagg:
+            what += f"; ε {unit_label(n_sum)} (honest ones; {scenario.byzantine} Byzantine not counted)"
         parts.append(what)
     if scenario.dp_noise > 0:
         parts.append(f"DP-SGD σ={scenario.dp_noise:g}, {steps} step(s)/round at record sampling rate {dp_rate:.4g}")

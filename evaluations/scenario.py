@@ -122,6 +122,8 @@ class Scenario:
     accounting: str = "rdp"
     dp_clip: float | None = None
     dp_noise: float = 0.0
+    # the server sees only the sum of each round's reports (pbm, rqm, ddg, skellam; uniform sampling)
+    secure_aggregation: bool = False
     # --- privacy attack (curious server) fields ---
     # A curious server attacks `inversion_victims` clients' updates in each of `inversion_rounds` with the
     # privacy_attack `inversion_attack` (None: no attack), knowing the facts in `inversion_grant`; scores and
@@ -512,6 +514,7 @@ EXTENSION_MODULES.append("privfl.evaluations.analytics")  # mode "analytics" (LD
 EXTENSION_MODULES.append("privfl.evaluations.privacy")  # ε per round and in the summary (privacy accounting)
 EXTENSION_MODULES.append("privfl.evaluations.inversion")  # curious-server gradient inversion, scored
 EXTENSION_MODULES.append("privfl.evaluations.membership")  # mode "membership" (LiRA, RMIA, update attacks)
+EXTENSION_MODULES.append("privfl.evaluations.distributed_dp")  # distributed-DP table and plot
 _extensions_loaded = False
 
 

@@ -6,6 +6,7 @@ One module per family: :mod:`~privfl.mechanisms.gaussian` (DP-FedAvg, local Gaus
 """
 
 from privfl.mechanisms import compression as _compression  # noqa: F401  (registers top-k, quantize, fp16)
+from privfl.mechanisms import ddg as _ddg  # noqa: F401  (registers ddg)
 from privfl.mechanisms import dp_brem as _dp_brem  # noqa: F401  (registers dp-brem, dp-brem-plus)
 from privfl.mechanisms import fedrand as _fedrand  # noqa: F401  (registers fedrand: partial release)
 from privfl.mechanisms import gaussian as _gaussian  # noqa: F401  (registers gaussian)
@@ -14,3 +15,4 @@ from privfl.mechanisms import loloha as _loloha  # noqa: F401  (registers loloha
 from privfl.mechanisms import longitudinal as _longitudinal  # noqa: F401  (l-grr, l-osue, rappor, dbitflippm)
 from privfl.mechanisms import pbm as _pbm  # noqa: F401  (registers pbm)
 from privfl.mechanisms import rqm as _rqm  # noqa: F401  (registers rqm)
+from privfl.mechanisms import skellam as _skellam  # noqa: F401  (registers skellam)

@@ -35,12 +35,14 @@ amplify it). The per-coordinate figure alone is not a guarantee on the update.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from privfl.accounting import distributed
 from privfl.accounting.guarantees import pmf_guarantee
 from privfl.core import Mechanism, PrivacyGuarantee
 from privfl.mechanisms import _checks
@@ -48,6 +50,20 @@ from privfl.params import Int, Real
 from privfl.registry import register
 
 __all__ = ["RQM", "index_dtype"]
+
+
+@functools.lru_cache(maxsize=64)
+def _rqm_sum_guarantee(n: int, c: float, delta: float, m: int, q: float) -> PrivacyGuarantee:
+    mech = RQM(c=c, delta=delta, m=m, q=q)
+    grid = distributed.EXACT_GRID
+    rdp, pure, configs = distributed.rqm_sum_worst_rdp(mech, grid, n=n)
+    label = distributed.unit_label(n)
+    return PrivacyGuarantee(
+        name=f"rqm (sum of {n})", rdp_curve=distributed.step_up_curve(grid, rdp, pure), epsilon_pure=pure,
+        unit="coordinate",
+        notes=f"{label}; per coordinate, worst case over all inputs ({configs} vertex configs)",
+        extra={"participants": n, "unit_label": label, "c": c, "delta": delta, "m": m, "q": q},
+    )
 
 
 def index_dtype(num_levels: int) -> torch.dtype:
@@ -168,6 +184,26 @@ class RQM(Mechanism):
     def report_bytes(self, reports: Tensor) -> float:
         """Bytes one client sends: ⌈log2 m⌉ bits per coordinate."""
         return reports.shape[1] * self.report_bits / 8.0
+
+    # ------------------------------------------------------------------ under secure aggregation
+    def sum_guarantee(self, n: int) -> PrivacyGuarantee:
+        """One client's report inside the sum of ``n`` RQM reports (secure aggregation), per coordinate:
+        the worst case over every client's input, proven by vertex enumeration
+        (:func:`privfl.accounting.distributed.rqm_sum_worst_rdp`). ``n = 1``, or an enumeration beyond
+        ``MAX_CONFIGURATIONS``, gives the local guarantee (valid for the sum by post-processing)."""
+        n = _checks.integer("n", n, lo=1)
+        verts = len(distributed.rqm_vertices(self))
+        if n == 1 or math.comb(n - 1 + verts - 1, verts - 1) > distributed.MAX_CONFIGURATIONS:
+            return self.guarantee()
+        return _rqm_sum_guarantee(n, self.c, self.delta, self.m, self.q)
+
+    def decode_sum(self, total: Tensor, count: int, dtype: torch.dtype = torch.float32) -> Tensor:
+        """Σ of ``count`` clients' level values from the sum of their level indices."""
+        return total.to(dtype) * self.step - count * (self.c + self.delta)
+
+    def sum_bits(self, n: int) -> int:
+        """Bits of a secure-aggregation modulus that holds the sum of ``n`` indices without wrap-around."""
+        return max(1, math.ceil(math.log2(n * (self.m - 1) + 1)))
 
     def __repr__(self) -> str:
         return f"RQM(c={self.c}, delta={self.delta}, m={self.m}, q={self.q})"

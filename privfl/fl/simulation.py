@@ -157,6 +157,9 @@ class FederatedSimulation:
     ledger: PrivacyLedger | None = None
     delta: float = 1e-5
     accounting: str = "rdp"
+    #: the server sees only the sum of the round's reports (simulated pairwise masks, see
+    #: :meth:`_secure_sum`); the mechanism needs ``sum_guarantee``/``decode_sum``/``sum_bits``
+    secure_aggregation: bool = False
 
     def __post_init__(self) -> None:
         self._validate()
@@ -257,6 +260,8 @@ class FederatedSimulation:
                     f"mechanism {mech.name!r} is central: its aggregate() is the server rule (noise on the sum), "
                     "so aggregator must be 'mean' and preaggregators empty"
                 )
+        if self.secure_aggregation:
+            self._check_secure_aggregation()
         if self.local.dp and not self._use_vmap:
             raise ValueError("DP-SGD (dp_clip) needs per-sample gradients, which a model with BatchNorm does not "
                              "have; use a model without BatchNorm")
@@ -269,6 +274,21 @@ class FederatedSimulation:
         if self.privacy_warning is not None and self.ledger is not None:
             self.ledger.void(self.privacy_warning)
         self._dp_rates = sampling_rates([len(c) for c in self.clients], self.local) if self.local.dp else None
+
+    def _check_secure_aggregation(self) -> None:
+        from privfl.defenses.mean import Mean
+
+        mech = self.mechanism
+        needed = ("sum_guarantee", "decode_sum", "sum_bits")
+        if mech is None or getattr(mech, "central", False) or not all(hasattr(mech, a) for a in needed):
+            raise ValueError(f"secure_aggregation needs a local mechanism with {', '.join(needed)} (pbm, rqm, ddg, "
+                             f"skellam), got {getattr(mech, 'name', None)!r}")
+        if self.preaggregators or not isinstance(self.aggregator, Mean):
+            raise ValueError("secure_aggregation reveals only the sum: aggregator must be 'mean', no preaggregators")
+        if isinstance(self.byzantine_attack, ByzantineAttack):
+            raise ValueError("secure_aggregation hides the honest rows, which omniscient Byzantine attacks read; "
+                             "use a data-poisoning attack or no attack")
+        self.secure_aggregation_sizes: list[int] = []
 
     # ------------------------------------------------------------------ one round
     def _participants(self, t: int) -> Tensor:
@@ -368,6 +388,9 @@ class FederatedSimulation:
                     bytes_per_client = reports[0].numel() * reports.element_size() if reports.dim() > 1 else (
                         reports.element_size()
                     )
+                if self.secure_aggregation:
+                    return self._secure_round(t, workers, reports, len(ids), int(byz_mask.sum()),
+                                              float(bytes_per_client), start)
                 rows = self.mechanism.decode(reports)
             else:
                 rows = updates
@@ -423,6 +446,36 @@ class FederatedSimulation:
             return torch.zeros(max(1, rows.shape[0]), self.layout.dim, dtype=rows.dtype, device=self.device)
         return rows
 
+    # ------------------------------------------------------------------ secure aggregation
+    @torch.no_grad()
+    def _secure_sum(self, t: int, workers: Tensor, reports: Tensor) -> Tensor:
+        """Σ of the reports as the server learns it: each client adds its pairwise masks in Z_M
+        (:class:`~privfl.mechanisms.dp_brem.SecureAggregation`, Bonawitz et al. 2017), the masks
+        cancel in the sum (mod M = 2^mechanism.sum_bits(n); DDG/Skellam: their own ring)."""
+        from privfl.mechanisms.dp_brem import SecureAggregation
+
+        n = reports.shape[0]
+        secagg = SecureAggregation(frac_bits=0, modulus_bits=max(8, int(self.mechanism.sum_bits(n))))
+        ids = workers.tolist()
+        key = int(torch.randint(0, 2**62, (1,), generator=make_generator(self.seed, "secagg", t)))
+        masks = secagg.masks(ids, reports.shape[1], key=key, device=reports.device)
+        masked = torch.remainder(reports.to(torch.int64) + masks, secagg.modulus)
+        return secagg.sum(masked, ids, key=key)
+
+    def _secure_round(self, t: int, workers: Tensor, reports: Tensor, participants: int, f_t: int,
+                      nbytes: float, start: float) -> RoundRecord:
+        """The server's step under secure aggregation: the mean estimate from the unmasked sum."""
+        n = reports.shape[0]
+        total = self._secure_sum(t, workers, reports)
+        with torch.no_grad():
+            agg = self.mechanism.decode_sum(total, n, dtype=self.weights.dtype).to(self.weights.device) / n
+            if self.protocol == "fedavg":
+                self.weights = self.weights + self.server_lr * agg
+            else:
+                self.weights = self.weights - self.local.lr * self.server_lr * agg
+        self._account(t, workers)
+        return self._finish(t, participants, f_t, nbytes, start)
+
     # ------------------------------------------------------------------ privacy
     @torch.no_grad()
     def _central_update(self, t: int, reports: Tensor, malicious: Tensor | None, participants: int) -> None:
@@ -448,7 +501,16 @@ class FederatedSimulation:
         if self.ledger is None:
             return
         rate = self.sample_rate if self.sampling == "poisson" else 1.0
-        if self.mechanism is not None:
+        if self.secure_aggregation:
+            # one client's report inside the sum of the honest participants' reports: Byzantine
+            # participants may collude with the server, so their randomness is not counted
+            honest = workers.cpu()[~self._is_byz[workers.cpu()]]
+            if len(honest):
+                g = self.mechanism.sum_guarantee(len(honest))
+                self.secure_aggregation_sizes.append(len(honest))
+                count = self.layout.dim if g.unit == "coordinate" else 1
+                self.ledger.record(g, clients=honest, count=count, unit="client", round=t)
+        elif self.mechanism is not None:
             self.mechanism.account(self.ledger, clients=workers.cpu(), sampling_rate=rate, dim=self.layout.dim,
                                    round=t)
         if self.local.dp_noise > 0 and len(workers):
