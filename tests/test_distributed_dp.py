@@ -134,6 +134,7 @@ def test_rqm_sum_pmf_matches_brute_force_enumeration():
     assert np.allclose(dd.rqm_sum_pmf(mech, inputs), brute, rtol=1e-12, atol=0)
 
 
+@pytest.mark.slow
 def test_rqm_worst_case_dominates_a_grid_of_inputs():
     mech = RQM(c=1.0, delta=1.0, m=5, q=0.5)
     worst, pure, configs = dd.rqm_sum_worst_rdp(mech, ORDERS, n=3)
@@ -196,6 +197,7 @@ def test_ddg_sum_guarantee_falls_with_n_and_empirical_audit_of_the_sum():
 
 
 # ----------------------------------------------------------------------------- the simulation's secure aggregation path
+@pytest.mark.slow
 def test_simulation_secure_aggregation_sum_and_ledger():
     from privfl.evaluations.scenario import Scenario, build_simulation
 
@@ -220,6 +222,7 @@ def test_simulation_secure_aggregation_sum_and_ledger():
         build_simulation(sc.replace(mechanism="gaussian", mechanism_params={}), 0)
 
 
+@pytest.mark.slow
 def test_audit_names_the_secure_aggregation_unit():
     from privfl.evaluations.privacy import audit_scenario
     from privfl.evaluations.scenario import Scenario
