@@ -216,3 +216,11 @@ def test_check_contract_requires_a_knowledge_declaration():
     assert "knowledge declared" in good.checks
     bad = check_contract(Spy("reads minds"), params=False, raise_on_failure=False)
     assert any(f.startswith("knowledge declared") for f in bad.failures)
+
+
+def test_empirical_audit_notes_the_voided_runs():
+    from privfl.evaluations.audit import _threat_model_notes
+    from privfl.evaluations.spec import load_spec
+
+    notes = _threat_model_notes(load_spec("threat_model").validate())
+    assert len(notes) == 2 and "[byzantine_attack=mimic]" in notes[0] and NOT_A_GUARANTEE in notes[0]
