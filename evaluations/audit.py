@@ -567,6 +567,23 @@ def _fmt(v: float | None) -> str:
     return f"{v:.3f}"
 
 
+def _threat_model_notes(cells: list[Any]) -> list[str]:
+    """Cells whose run's ε is void (omniscient attack + server noise): the audit above is of the mechanism
+    alone, not a guarantee for those runs (:func:`privfl.accounting.ledger.threat_model_warning`)."""
+    from privfl.accounting.ledger import threat_model_warning
+
+    notes: dict[str, str] = {}
+    for cell in cells:
+        s = cell.scenario
+        if not (s.mechanism and s.byzantine and s.byzantine_attack):
+            continue
+        attack = registry.make("byzantine_attack", s.byzantine_attack, **s.byzantine_attack_params)
+        warning = threat_model_warning(registry.make("mechanism", s.mechanism, **s.mechanism_params), attack)
+        if warning is not None:
+            notes.setdefault(cell.label, warning)
+    return [f"- [{label}] the run's ε is {w}" for label, w in notes.items()] + ([""] if notes else [])
+
+
 def audit_spec_empirical(
     spec: Any,
     *,
@@ -633,6 +650,7 @@ def audit_spec_empirical(
                          f"{_fmt(r.epsilon_lower)} | {_fmt(r.ratio)} | {gdp} | {r.trials:,} | {r.seconds:.1f} |")
             points.append((label, r))
     lines.append("")
+    lines += _threat_model_notes(cells)
     if png is not None and points:
         _plot_empirical(Path(png), points, spec.name)
         lines.append(f"plot: {png}")

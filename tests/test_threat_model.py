@@ -212,3 +212,20 @@ def test_privfl_run_on_the_bundled_spec(tmp_path):
     rows = {r["scenario.byzantine_attack"]: r for r in csv.DictReader(open(tmp_path / "results.csv"))}
     assert rows["mimic"]["epsilon"] == "" and rows["mimic"]["privacy_warning"].startswith(NOT_A_GUARANTEE)
     assert float(rows["alie-own-data"]["epsilon"]) > 0 and not rows["alie-own-data"]["privacy_warning"]
+
+
+def test_check_contract_requires_a_knowledge_declaration():
+    from privfl.testing import check_contract
+
+    good = check_contract(Spy("own-data"), params=False, raise_on_failure=False)
+    assert "knowledge declared" in good.checks
+    bad = check_contract(Spy("reads minds"), params=False, raise_on_failure=False)
+    assert any(f.startswith("knowledge declared") for f in bad.failures)
+
+
+def test_empirical_audit_notes_the_voided_runs():
+    from privfl.evaluations.audit import _threat_model_notes
+    from privfl.evaluations.spec import load_spec
+
+    notes = _threat_model_notes(load_spec("threat_model").validate())
+    assert len(notes) == 2 and "[byzantine_attack=mimic]" in notes[0] and NOT_A_GUARANTEE in notes[0]

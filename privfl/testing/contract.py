@@ -12,6 +12,7 @@ over the whole registry and callable on users' own components:
 - **non-finite policy** (mechanisms) — ``nonfinite`` is declared and holds: ``"zero"`` turns a NaN/Inf row
   into finite reports (and a finite server step, twice, for central mechanisms) and counts it in
   ``nonfinite_replaced``; ``"raise"`` raises ``ValueError``; ``"n/a"`` is for integer inputs only;
+- **knowledge declared** (Byzantine attacks) — ``knowledge`` is ``"omniscient"``, ``"own-data"`` or ``"public"``;
 - **clear errors on bad inputs** — a Python list, a wrongly shaped tensor (and, for frequency oracles,
   float ids or an id outside ``[0, k)``) raise ``ValueError``/``TypeError``, not some other exception;
 - **clear errors on bad parameters** — from the declared ``param_space`` (:mod:`privfl.params`): its
@@ -40,7 +41,15 @@ import torch
 from torch import Tensor
 
 from privfl import params as P
-from privfl.core import Aggregator, ByzantineAttack, DataPoisoningAttack, Mechanism, Mixing, PreAggregator
+from privfl.core import (
+    BYZANTINE_KNOWLEDGE,
+    Aggregator,
+    ByzantineAttack,
+    DataPoisoningAttack,
+    Mechanism,
+    Mixing,
+    PreAggregator,
+)
 
 __all__ = ["ContractReport", "check_contract", "check_param_space", "component_kind"]
 
@@ -387,6 +396,10 @@ def _check_rule(rule: Any, kind: str, chk: _Checker, *, n: int | None, d: int, d
 
 def _check_byzantine(attack: ByzantineAttack, chk: _Checker, *, d: int, dtypes: Sequence[torch.dtype],
                      device: torch.device, seed: int, randomized: bool | None, f: int = 2, h: int = 7) -> None:
+    knowledge = getattr(attack, "knowledge", None)
+    chk.expect(knowledge in BYZANTINE_KNOWLEDGE, "knowledge declared",
+               f"knowledge = {knowledge!r}; declare one of {BYZANTINE_KNOWLEDGE} (what the attack reads: it decides "
+               "whether a central mechanism's ε is still a guarantee)")
     for dtype in dtypes:
         honest = _vector_input(h, d, dtype, device, seed)
         before = _bytes(honest)

@@ -16,6 +16,11 @@ outliers, coordinate-wise extremes) and by a search along directions (principal,
 for the most harmful distance — and fails when the largest ratio found exceeds ``κ``. Any rule has
 ``κ ≥ f/(n − 2f)`` (:func:`kappa_lower_bound`).
 
+**Non-finite fuzz** (:func:`fuzz_nonfinite`, run by :func:`check_robust` after the κ search): inputs
+with at most ``f`` faulty rows (NaN, ±Inf, one NaN entry, ±dtype-max, huge-norm, duplicates) among
+honest rows from 1e-3 up to the dtype's max, in float16/32/64; any non-finite output (for
+pre-aggregators: more non-finite rows out than in) or exception fails.
+
 **Bounds** (``kappa_*``): the published ones are from Allouah et al. (AISTATS 2023, Table 1 and
 Lemma 1); the ones marked *derived* are proved in their docstrings (short arguments, looser than
 what the rules achieve, but valid), for rules without a published (f, κ) constant.
