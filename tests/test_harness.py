@@ -227,13 +227,19 @@ def test_orphaned_workers_exit_within_seconds(tmp_path):
         assert workers, "the driver has no child processes"
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait()
-        killed = time.monotonic()
-        while any(_alive(p) for p in workers) and time.monotonic() - killed < 10:
+        killed = time.time()
+        # the cells in flight may finish and be saved first (under load that takes a while); after that,
+        # every worker must be gone within 10 s
+        while any(_alive(p) for p in workers) and time.time() - killed < 180:
             time.sleep(0.2)
-        assert not any(_alive(p) for p in workers), f"orphans still alive 10 s after the parent died: {workers}"
+        gone = time.time()
+        assert not any(_alive(p) for p in workers), f"orphans still alive 180 s after the parent died: {workers}"
     finally:
         if driver.poll() is None:
             driver.kill()
+    with sqlite3.connect(tmp_path / "run" / "results.sqlite") as con:
+        last_saved = con.execute("SELECT MAX(finished) FROM cells").fetchone()[0] or killed
+    assert gone - max(killed, last_saved) < 10.0, (gone - killed, last_saved - killed)
     # the cells in flight were finished and saved, the queued ones were not started
     started = {line.split()[0] for line in log.read_text().split("\n") if line}
     assert len(started) < 6
