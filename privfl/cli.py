@@ -224,6 +224,7 @@ def _setup_logging() -> None:
         logger.addHandler(handler)
     if logger.level == logging.NOTSET:
         logger.setLevel(logging.INFO)
+    logger.propagate = False  # some dependencies configure the root logger: print each line once
 
 
 def main(argv: list[str] | None = None) -> int:

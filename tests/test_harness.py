@@ -249,7 +249,7 @@ def test_orphaned_workers_exit_within_seconds(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------- progress
-def test_progress_estimates_from_finished_cells_and_logs_plain_lines(caplog):
+def test_progress_estimates_from_finished_cells_and_logs_plain_lines():
     pending = [{"id": str(i), "scenario": {"rounds": 30 if i < 2 else 1}} for i in range(4)]
 
     class Pipe:  # a log file, not a terminal
@@ -259,14 +259,29 @@ def test_progress_estimates_from_finished_cells_and_logs_plain_lines(caplog):
         def write(self, text):
             pass
 
-    with caplog.at_level(logging.INFO, logger="privfl"):
+    class Collect(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.INFO)
+            self.lines = []
+
+        def emit(self, record):
+            self.lines.append(record.getMessage())
+
+    logger, collect = logging.getLogger("privfl"), Collect()
+    level = logger.level
+    logger.addHandler(collect)
+    logger.setLevel(logging.INFO)
+    try:
         progress = Progress("demo", pending, workers=2, stream=Pipe(), every_s=0.0)
         assert progress.eta_s() is None
         progress.finished("0", "done", 10.0)  # a 30-round cell took 10 s, the other one costs the same
         progress.finished("2", "done", 1.0)  # a 1-round cell took 1 s
         assert progress.eta_s() == pytest.approx((10.0 + 1.0) / 2)
-    lines = [r.getMessage() for r in caplog.records]
-    assert "demo: 2/4 cells finished" in lines[-1] and "0:06 left" in lines[-1]
+    finally:
+        logger.removeHandler(collect)
+        logger.setLevel(level)
+    assert "demo: 4 cell(s) to run on 2 worker(s)" in collect.lines[0]
+    assert "demo: 2/4 cells finished" in collect.lines[-1] and "0:06 left" in collect.lines[-1]
 
 
 # ----------------------------------------------------------------------------------------- reports
