@@ -12,12 +12,17 @@ STAMP  := $(VENV)/.privfl-installed
 setup: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml
+	@echo "[1/3] creating the virtual environment $(VENV) (once)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check '$(TORCH)'
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@echo "[2/3] installing $(TORCH) (CPU build; the first time this downloads ~200 MB and takes a few minutes)"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --progress-bar off '$(TORCH)'
+	@echo "[3/3] installing privfl and its dependencies (opacus, dp-accounting, scipy, scikit-learn, matplotlib, ...)"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --progress-bar off -e '.[dev]'
 	touch $(STAMP)
+	@echo "setup done: $(VENV) is ready"
 
 demo: $(STAMP)
+	@echo "running the bundled evaluation (48 cells; progress below; results in results/default/)"
 	$(BIN)/privfl run
 
 lint: $(STAMP)

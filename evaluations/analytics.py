@@ -393,6 +393,8 @@ def plot_budget(run_dir: str | Path, rows: list[Any]) -> list[Path]:
     if not rows:
         return []
     plt = _plt()
+    import matplotlib.ticker  # plain tick labels on the log axis
+
     ks = sorted({r.result["summary"]["k"] for r in rows})
     epss = sorted({r.result["summary"]["eps_inf"] for r in rows})
     fig, axes = plt.subplots(len(ks), len(epss), figsize=(3.6 * len(epss), 3.2 * len(ks)), dpi=120,
@@ -416,6 +418,9 @@ def plot_budget(run_dir: str | Path, rows: list[Any]) -> list[Path]:
                 ax.plot(xs, mean, label=label, markevery=every, markersize=4, **style)
                 ax.plot(xs, worst, linestyle=":", color=style["color"])
             ax.set_yscale("log")
+            plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(plain)
             ax.set_title(f"k = {k}, eps_inf = {eps:g}", fontsize=9)
             ax.grid(alpha=0.3, which="both")
             if i == len(ks) - 1:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -626,7 +627,8 @@ def audit_spec_empirical(
     if not seen:
         lines += ["", "no configuration of this spec uses a mechanism: nothing to audit"]
     points: list[tuple[str, AuditResult]] = []
-    for label, scenario, d in seen.values():
+    log = logging.getLogger("privfl")
+    for k, (label, scenario, d) in enumerate(seen.values()):
         try:
             mech = registry.make("mechanism", scenario.mechanism, **scenario.mechanism_params)
         except (ValueError, TypeError) as exc:
@@ -639,6 +641,8 @@ def audit_spec_empirical(
                        ("one-run", one_run_audit, {})]
         results = []
         for name, audit, kwargs in audits:
+            log.info("empirical audit %d/%d: %s — %s (%s trials per side)", k + 1, len(seen), label, name,
+                     f"{kwargs['trials']:,}" if "trials" in kwargs else "one run")
             try:
                 results.append(audit(mech, **kwargs, **common))
             except (ValueError, TypeError) as exc:  # the audit does not apply to this mechanism: say why

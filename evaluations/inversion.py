@@ -407,7 +407,8 @@ def psnr_eps_panels(cells: list[Any]) -> list[dict[str, Any]]:
         if _is_floor(first):
             panel["floors"].append((f"{FLOOR_LABEL} ({_attack_short(first.scenario)})", mean, len(psnrs)))
         elif all(e is not None and math.isfinite(e) for e in eps):
-            name = f"{first.scenario.get('mechanism') or 'no defense'} — {_attack_short(first.scenario)}"
+            local = " (local)" if (first.scenario.get("mechanism_params") or {}).get("local") else ""
+            name = f"{first.scenario.get('mechanism') or 'no defense'}{local} — {_attack_short(first.scenario)}"
             panel["curves"].setdefault(name, []).append((statistics.fmean(eps), mean, len(psnrs)))
         else:
             name = first.label or f"{_defense_name(first.scenario)} — {_attack_short(first.scenario)}"
@@ -422,7 +423,7 @@ def _setting_title(scenario: dict[str, Any]) -> str:
 
 
 def _plot_psnr_eps(run_dir: Path, cells: list[Any]) -> Path | None:
-    from privfl.evaluations.report import panel_grid, series_style, style_panel
+    from privfl.evaluations.report import figure_title, panel_grid, series_style, style_panel
 
     panels = psnr_eps_panels(cells)
     if not panels:
@@ -447,7 +448,7 @@ def _plot_psnr_eps(run_dir: Path, cells: list[Any]) -> Path | None:
                        label=f"{name}: attack on pure noise, {mean:.1f} dB")
         style_panel(ax, lax, title=panel["title"], xlabel="ε spent (worst client, log scale)",
                     ylabel="reconstruction PSNR (dB)", log_x=True, legend_width=44)
-    fig.suptitle("gradient inversion: PSNR vs ε (mean over victims and seeds; higher = more leakage)", fontsize=9)
+    figure_title(fig, "gradient inversion: PSNR vs ε (mean over victims and seeds; higher = more leakage)", fontsize=9)
     path = run_dir / "inversion_psnr_eps.png"
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)

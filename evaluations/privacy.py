@@ -314,7 +314,7 @@ def privacy_utility_panels(rows: list[Any]) -> list[dict[str, Any]]:
 def plot_privacy_utility(run_dir: str | Path, rows: list[Any]) -> list[Path]:
     """``privacy_utility.png``: final accuracy vs ε (log x), one panel per federation
     (:func:`privacy_utility_panels`); ε = ∞ configurations of the same federation as horizontal lines."""
-    from privfl.evaluations.report import panel_grid, series_style, style_panel
+    from privfl.evaluations.report import figure_title, panel_grid, series_style, style_panel
 
     panels = privacy_utility_panels(rows)
     if not panels:
@@ -339,7 +339,7 @@ def plot_privacy_utility(run_dir: str | Path, rows: list[Any]) -> list[Path]:
                     color="gray")
         style_panel(ax, lax, title=panel["title"], xlabel="ε spent (worst client, log scale)",
                     ylabel="final test accuracy", log_x=True)
-    fig.suptitle("privacy–utility: final accuracy vs ε (points: mean over seeds, n = seeds; dashed: the same "
+    figure_title(fig, "privacy–utility: final accuracy vs ε (points: mean over seeds, n = seeds; dashed: the same "
                  "federation without privacy)", fontsize=9)
     path = Path(run_dir) / "privacy_utility.png"
     fig.savefig(path, bbox_inches="tight")

@@ -29,7 +29,7 @@ from typing import Any
 from privfl.evaluations.store import CellRow, Store, StoreError
 
 __all__ = ["write_report", "varying_fields", "register_plot", "PLOTS", "config_key", "experiment_key",
-           "group_title", "by_config", "panel_grid", "style_panel", "series_style", "md_escape",
+           "group_title", "by_config", "panel_grid", "figure_title", "style_panel", "series_style", "md_escape",
            "COLUMN_DOCS"]
 
 # Extra plots contributed by other harness modules: ``fn(run_dir, rows) -> list[Path]`` (rows of
@@ -345,11 +345,12 @@ def _notes(groups: dict[str, list[CellRow]], labels: dict[str, str], cols: list[
             eps = [e for e in eps if _numeric(e) and math.isfinite(e) and e > 50]
             if eps:
                 unit = g[0].result["summary"].get("privacy_unit", "?")
-                big.append(f"{labels[k]} (ε = {_fmt(max(eps))}, unit {unit})")
+                big.append(f"{labels[k]} (ε up to {_fmt(max(eps))}, unit {unit})")
         if big:
-            notes.append("ε above 50 gives no meaningful protection: " + "; ".join(big) + ". A local mechanism's ε "
-                         "is composed over every coordinate it releases and every round a client joins, so it grows "
-                         "with the model's size and the rounds.")
+            notes.append("ε above 50 is a formal bound that promises no meaningful protection: " + "; ".join(big)
+                         + ". Such values come from little noise per release (e.g. a small noise multiplier) or from "
+                         "a local mechanism's ε composed over every coordinate it releases and every round a client "
+                         "joins; the attack columns, where present, show what an attacker actually recovers.")
         if any(r.result["summary"].get("epsilon") is not None and _numeric(r.result["summary"].get("epsilon"))
                and math.isinf(r.result["summary"]["epsilon"]) for g in groups.values() for r in g):
             notes.append("ε = ∞: the run releases updates without a privatizing step with a guarantee "
@@ -420,8 +421,11 @@ def panel_grid(n: int, *, ncols: int = 2, panel_w: float = 4.6, legend_w: float 
 
     ncols = max(1, min(ncols, n))
     nrows = math.ceil(n / ncols)
-    fig = plt.figure(figsize=(ncols * (panel_w + legend_w), nrows * panel_h + 0.6), dpi=110)
-    gs = fig.add_gridspec(nrows, 2 * ncols, width_ratios=[panel_w, legend_w] * ncols, hspace=0.55, wspace=0.08)
+    height = nrows * panel_h + 0.8
+    fig = plt.figure(figsize=(ncols * (panel_w + legend_w), height), dpi=110)
+    # room at the top for the figure's title (:func:`figure_title`) and each panel's two-line title
+    gs = fig.add_gridspec(nrows, 2 * ncols, width_ratios=[panel_w, legend_w] * ncols, hspace=0.6, wspace=0.08,
+                          top=1 - 0.95 / height, bottom=0.45 / height, left=0.06, right=0.99)
     pairs = []
     for i in range(nrows * ncols):
         r, c = divmod(i, ncols)
@@ -432,6 +436,11 @@ def panel_grid(n: int, *, ncols: int = 2, panel_w: float = 4.6, legend_w: float 
             ax.axis("off")
         pairs.append((ax, lax))
     return fig, pairs[:n]
+
+
+def figure_title(fig: Any, text: str, fontsize: float = 9) -> None:
+    """The figure's title, in the band :func:`panel_grid` keeps above the panels' titles."""
+    fig.suptitle(text, y=1 - 0.12 / fig.get_figheight(), va="top", fontsize=fontsize)
 
 
 def legend_beside(ax: Any, lax: Any, *, width: int = 34, fontsize: float = 7) -> None:
@@ -495,7 +504,7 @@ def _plot_accuracy(path: Path, rows: list[CellRow], title: str) -> Path | None:
         ax.set_ylim(0, 1)
         style_panel(ax, lax, title=textwrap.fill(group_title(next(iter(configs.values()))[0].scenario), 60),
                     xlabel="round", ylabel="test accuracy")
-    fig.suptitle(f"{title}: test accuracy per round (line: mean over seeds, band: min–max; n = seeds)", fontsize=10)
+    figure_title(fig, f"{title}: test accuracy per round (line: mean over seeds, band: min–max; n = seeds)", 10)
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return path

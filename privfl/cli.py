@@ -164,7 +164,10 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         print(audit_spec_empirical(load_spec(args.spec), delta=args.delta, png=args.png, trials=args.trials))
         return EXIT_OK
     spec = load_spec(args.spec)
+    spec.validate()  # bad input fails before any folder is created
     tables = args.tables if args.tables is not None else Path("results") / spec.name / "epsilon_per_round.md"
+    if tables.is_dir():
+        raise SpecError(f"--tables: {str(tables)!r} is a directory; allowed: a file path")
     _writable_dir(tables.parent, "--tables")
     print(audit_spec(spec, delta=args.delta, png=args.png, tables=tables))
     return EXIT_OK
@@ -224,6 +227,7 @@ def _setup_logging() -> None:
         logger.addHandler(handler)
     if logger.level == logging.NOTSET:
         logger.setLevel(logging.INFO)
+    logger.propagate = False  # some dependencies configure the root logger: print each line once
 
 
 def main(argv: list[str] | None = None) -> int:
