@@ -1,0 +1,170 @@
+"""privfl inside Flower's simulation engine (issue 15, tests a–d; e is in test_flower.py).
+
+One simulation run (Ray start-up is slow on 2 cores) serves every assertion: 6 supernodes on the
+digits MLP, clients 0 and 1 Byzantine (sign flip ×4 of their own update), and one ServerApp that runs
+three strategies one after the other on the same grid — NNM + trimmed mean (tapped), the plain mean,
+and central DP-FedAvg noise with Poisson sampling.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+pytest.importorskip("flwr")
+
+import privfl  # noqa: E402
+from privfl.accounting.analysis import gaussian_epsilon_rdp  # noqa: E402
+from privfl.accounting.ledger import PrivacyLedger  # noqa: E402
+from privfl.evaluations.scoring import score  # noqa: E402
+from privfl.fl.local import LocalSGD, plan_batches, train_loop  # noqa: E402
+from privfl.fl.partition import partition  # noqa: E402
+from privfl.fl.simulation import FederatedSimulation, evaluate  # noqa: E402
+from privfl.flat import flatten, layout_of  # noqa: E402
+from privfl.seeding import make_generator  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flower")]
+
+NODES, BYZ, ROUNDS, SEED = 6, (0, 1), 3, 0
+LOCAL = LocalSGD(steps=5, batch_size=8, lr=0.1)
+SIGN_FLIP_SCALE = 4.0
+TAPPED = 2  # an honest client
+
+
+def _setup():
+    torch.manual_seed(SEED)
+    data = privfl.make("dataset", "digits")
+    clients = partition("iid", data.y_train, NODES, generator=make_generator(SEED, "partition"))
+    model = privfl.make("model", "mlp", input_shape=data.input_shape, num_classes=data.num_classes)
+    return data, clients, model
+
+
+@pytest.fixture(scope="module")
+def flower_run():
+    from flwr.app import ArrayRecord, Context
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.simulation import run_simulation
+
+    from privfl.integrations.flower import CuriousServerTap, PrivflStrategy, byzantine_mod, privfl_client_app
+
+    torch.set_num_threads(1)
+    data, clients, model = _setup()
+    layout = layout_of(model)
+    w_init = flatten(model, layout)
+    app = privfl_client_app(data, model, clients, LOCAL, seed=SEED,
+                            mods=[byzantine_mod("sign-flip", clients=BYZ, scale=SIGN_FLIP_SCALE)])
+
+    def accuracy_fn(store):
+        def fn(server_round, arrays):
+            from privfl.integrations.flower import record_to_vector
+
+            acc, _ = evaluate(model, record_to_vector(arrays, layout), data.x_test, data.y_test)
+            store[server_round] = acc
+        return fn
+
+    tap = CuriousServerTap(model, input_shape=data.input_shape, num_classes=data.num_classes, rounds=[1],
+                           clients=[TAPPED], data_mean=tuple(data.mean), data_std=tuple(data.std),
+                           labels=lambda r, c: _used_labels(data, clients, c, r))
+    common = dict(rng="seeded", seed=SEED, fraction_evaluate=0.0, min_available_nodes=NODES)
+    strategies = {
+        "robust": PrivflStrategy(model, aggregator="trimmed-mean", aggregator_params={"f": 2},
+                                 preaggregators=[privfl.make("preaggregator", "nnm", f=2)], tap=tap,
+                                 keep_weights=True, **common),
+        "mean": PrivflStrategy(model, **common),
+        "dp": PrivflStrategy(model, central_mechanism="gaussian",
+                             central_params={"clip_norm": 1.0, "noise_multiplier": 1.0},
+                             fraction_train=0.5, **common),
+    }
+    rounds = {"robust": ROUNDS, "mean": ROUNDS, "dp": 2}
+    accuracy = {name: {} for name in strategies}
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        for name, strategy in strategies.items():
+            strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=rounds[name],
+                           evaluate_fn=accuracy_fn(accuracy[name]))
+
+    run_simulation(server, app, num_supernodes=NODES,
+                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                   "init_args": {"num_cpus": 2, "include_dashboard": False}})
+    return dict(data=data, clients=clients, model=model, layout=layout, w_init=w_init, strategies=strategies,
+                accuracy=accuracy, tap=tap)
+
+
+def _used_labels(data, clients, c, server_round):
+    plan = plan_batches([clients[c]], LOCAL, generator=[make_generator(SEED, "batches", server_round - 1, c)])
+    return data.y_train[torch.unique(plan.index[0])]
+
+
+def _client_rows(run, w0, server_round):
+    """Every client's reply w1 − w0 of a round, recomputed here exactly as the ClientApp and mods do."""
+    data, clients, model, layout = run["data"], run["clients"], run["model"], run["layout"]
+    rows = []
+    for c in range(NODES):
+        plan = plan_batches([clients[c]], LOCAL, generator=[make_generator(SEED, "batches", server_round - 1, c)])
+        w1 = train_loop(model, layout, w0, data.x_train, data.y_train, plan, LOCAL)[0][0]
+        if c in BYZ:
+            attack = privfl.make("byzantine_attack", "sign-flip", scale=SIGN_FLIP_SCALE)
+            u = (w1 - w0)[None]
+            w1 = w0 + attack(u, 1, generator=make_generator(SEED, "flower-byzantine", server_round, c))[0]
+        rows.append(w1 - w0)
+    return torch.stack(rows)
+
+
+def test_a_strategy_aggregate_is_privfls_aggregator_bit_for_bit(flower_run):
+    torch.set_num_threads(1)
+    robust = flower_run["strategies"]["robust"]
+    w0 = flower_run["w_init"]
+    rows = _client_rows(flower_run, w0, 1)
+    nnm = privfl.make("preaggregator", "nnm", f=2)
+    agg = privfl.make("aggregator", "trimmed-mean", f=2)(nnm(rows))
+    got = robust.history[0]["weights"]
+    assert robust.history[0]["rows"] == NODES and not robust.history[0]["skipped"]
+    assert got.dtype == torch.float32
+    assert torch.equal(got, w0 + agg)
+
+
+def test_b_robust_rules_keep_accuracy_where_the_mean_collapses(flower_run):
+    acc = flower_run["accuracy"]
+    robust, mean = acc["robust"][ROUNDS], acc["mean"][ROUNDS]
+    assert robust >= 0.6, acc
+    assert mean <= acc["mean"][0] + 0.05 and mean <= robust - 0.4, acc
+
+
+def test_c_ledger_epsilon_is_privfls_accounting(flower_run):
+    dp = flower_run["strategies"]["dp"]
+    assert len(dp.history) == 2
+    q, z, rounds, delta = 0.5, 1.0, 2, 1e-5
+    reference = PrivacyLedger()
+    mech = privfl.make("mechanism", "gaussian", clip_norm=1.0, noise_multiplier=z)
+    for t in range(rounds):
+        mech.account(reference, clients=torch.arange(3), sampling_rate=q, dim=flower_run["layout"].dim, round=t)
+    eps = dp.epsilon(delta)
+    assert eps == reference.epsilon(delta)
+    assert eps == pytest.approx(gaussian_epsilon_rdp(sampling_rate=q, noise_multiplier=z, steps=rounds, delta=delta),
+                                rel=1e-12)
+    assert dp.ledger.epsilon(delta, method="pld") < eps  # PLD works after a Flower run too
+
+
+def test_d_tapped_update_inverts_as_in_privfls_simulator(flower_run):
+    torch.set_num_threads(1)
+    data, clients, tap = flower_run["data"], flower_run["clients"], flower_run["tap"]
+    assert [(o.round, o.client) for o in tap.observations] == [(1, TAPPED)]
+    obs = tap.observations[0]
+    sim_model = copy.deepcopy(flower_run["model"])
+    sim = FederatedSimulation(sim_model, data, clients, local=LOCAL, parallel="loop", seed=SEED,
+                              observe=[(0, TAPPED)], eval_every=10)
+    sim.run(1)
+    record = sim.observations[0]
+    assert torch.equal(obs.update, record.observation.update)
+    assert obs.num_examples == record.observation.num_examples
+    assert torch.equal(obs.labels, record.observation.labels)
+    attack = privfl.make("privacy_attack", "inverting-gradients", iterations=200)
+    psnr = []
+    for o in (obs, record.observation):
+        rec = attack.attack(o, generator=make_generator(SEED, "attack"))
+        psnr.append(score(record.true_inputs, rec.data).psnr)
+    assert abs(psnr[0] - psnr[1]) < 0.5, psnr
