@@ -1,16 +1,20 @@
-"""privfl inside Flower's simulation engine (issue 15, tests a–d; e is in test_flower.py).
+"""privfl inside Flower's simulation engine (issue 15: tests a–d and the example app; e is in test_flower.py).
 
-One simulation run (Ray start-up is slow on 2 cores) serves every assertion: 6 supernodes on the
-digits MLP, clients 0 and 1 Byzantine (sign flip ×4 of their own update), and one ServerApp that runs
-three strategies one after the other on the same grid — NNM + trimmed mean (tapped), the plain mean,
+One simulation run (Ray start-up is slow on 2 cores) serves every assertion. Its ClientApp is the example
+app's (``examples/flower``, loaded through the entry point of its pyproject.toml): 6 supernodes on the
+digits MLP, clients 0 and 1 Byzantine (sign flip ×4 of their own update). One ServerApp runs, on the same
+grid, the example's own ``main`` and then three strategies — NNM + trimmed mean (tapped), the plain mean,
 and central DP-FedAvg noise with Poisson sampling.
 """
 
 from __future__ import annotations
 
 import copy
+import os
+from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 
 pytest.importorskip("flwr")
@@ -20,48 +24,51 @@ from privfl.accounting.analysis import gaussian_epsilon_rdp  # noqa: E402
 from privfl.accounting.ledger import PrivacyLedger  # noqa: E402
 from privfl.evaluations.scoring import score  # noqa: E402
 from privfl.fl.local import LocalSGD, plan_batches, train_loop  # noqa: E402
-from privfl.fl.partition import partition  # noqa: E402
 from privfl.fl.simulation import FederatedSimulation, evaluate  # noqa: E402
 from privfl.flat import flatten, layout_of  # noqa: E402
 from privfl.seeding import make_generator  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flower")]
 
+APP = Path(__file__).resolve().parents[1] / "examples" / "flower"
 NODES, BYZ, ROUNDS, SEED = 6, (0, 1), 3, 0
-LOCAL = LocalSGD(steps=5, batch_size=8, lr=0.1)
+LOCAL = LocalSGD(steps=5, batch_size=8, lr=0.1)  # the example's defaults
 SIGN_FLIP_SCALE = 4.0
 TAPPED = 2  # an honest client
-
-
-def _setup():
-    torch.manual_seed(SEED)
-    data = privfl.make("dataset", "digits")
-    clients = partition("iid", data.y_train, NODES, generator=make_generator(SEED, "partition"))
-    model = privfl.make("model", "mlp", input_shape=data.input_shape, num_classes=data.num_classes)
-    return data, clients, model
 
 
 @pytest.fixture(scope="module")
 def flower_run():
     from flwr.app import ArrayRecord, Context
+    from flwr.clientapp import ClientApp
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
+    from flwr.supercore.object_ref import load_app
 
-    from privfl.integrations.flower import CuriousServerTap, PrivflStrategy, byzantine_mod, privfl_client_app
+    from privfl.integrations.flower import CuriousServerTap, PrivflStrategy, record_to_vector
 
     torch.set_num_threads(1)
-    data, clients, model = _setup()
+    mp = pytest.MonkeyPatch()
+    # Ray's workers import the ClientApp's module by name: give them the app folder
+    mp.setenv("PYTHONPATH", os.pathsep.join([str(APP), os.environ.get("PYTHONPATH", "")]))
+    mp.syspath_prepend(str(APP))
+    components = tomllib.loads((APP / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["components"]
+    example_server = load_app(components["serverapp"], ValueError, APP)
+    client = load_app(components["clientapp"], ValueError, APP)
+    assert isinstance(example_server, ServerApp) and isinstance(client, ClientApp)
+    from privfl_flower import task
+    from privfl_flower.server_app import LAST_RUN
+    from privfl_flower.server_app import main as example_main
+
+    assert (task.DEFAULTS["byzantine-clients"], task.DEFAULTS["byzantine-scale"]) == ("0,1", SIGN_FLIP_SCALE)
+    assert LocalSGD(steps=task.DEFAULTS["local-steps"], batch_size=task.DEFAULTS["batch-size"],
+                    lr=task.DEFAULTS["lr"]) == LOCAL
+    data, clients, model = task.dataset(), list(task.clients(NODES, SEED)), task.model(SEED)
     layout = layout_of(model)
-    w_init = flatten(model, layout)
-    app = privfl_client_app(data, model, clients, LOCAL, seed=SEED,
-                            mods=[byzantine_mod("sign-flip", clients=BYZ, scale=SIGN_FLIP_SCALE)])
 
     def accuracy_fn(store):
         def fn(server_round, arrays):
-            from privfl.integrations.flower import record_to_vector
-
-            acc, _ = evaluate(model, record_to_vector(arrays, layout), data.x_test, data.y_test)
-            store[server_round] = acc
+            store[server_round] = evaluate(model, record_to_vector(arrays, layout), data.x_test, data.y_test)[0]
         return fn
 
     tap = CuriousServerTap(model, input_shape=data.input_shape, num_classes=data.num_classes, rounds=[1],
@@ -83,15 +90,19 @@ def flower_run():
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
+        example_main(grid, context)  # the example's own ServerApp logic, with its defaults
         for name, strategy in strategies.items():
             strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=rounds[name],
                            evaluate_fn=accuracy_fn(accuracy[name]))
 
-    run_simulation(server, app, num_supernodes=NODES,
-                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                   "init_args": {"num_cpus": 2, "include_dashboard": False}})
-    return dict(data=data, clients=clients, model=model, layout=layout, w_init=w_init, strategies=strategies,
-                accuracy=accuracy, tap=tap)
+    try:
+        run_simulation(server, client, num_supernodes=NODES,
+                       backend_config={"client_resources": {"num_cpus": 2, "num_gpus": 0.0},
+                                       "init_args": {"num_cpus": 2, "include_dashboard": False}})
+    finally:
+        mp.undo()
+    return dict(data=data, clients=clients, model=model, layout=layout, w_init=flatten(model, layout),
+                strategies=strategies, accuracy=accuracy, tap=tap, example=dict(LAST_RUN))
 
 
 def _used_labels(data, clients, c, server_round):
@@ -146,7 +157,6 @@ def test_c_ledger_epsilon_is_privfls_accounting(flower_run):
     assert eps == reference.epsilon(delta)
     assert eps == pytest.approx(gaussian_epsilon_rdp(sampling_rate=q, noise_multiplier=z, steps=rounds, delta=delta),
                                 rel=1e-12)
-    assert dp.ledger.epsilon(delta, method="pld") < eps  # PLD works after a Flower run too
 
 
 def test_d_tapped_update_inverts_as_in_privfls_simulator(flower_run):
@@ -162,9 +172,23 @@ def test_d_tapped_update_inverts_as_in_privfls_simulator(flower_run):
     assert torch.equal(obs.update, record.observation.update)
     assert obs.num_examples == record.observation.num_examples
     assert torch.equal(obs.labels, record.observation.labels)
-    attack = privfl.make("privacy_attack", "inverting-gradients", iterations=200)
+    attack = privfl.make("privacy_attack", "inverting-gradients", iterations=100)
     psnr = []
     for o in (obs, record.observation):
         rec = attack.attack(o, generator=make_generator(SEED, "attack"))
         psnr.append(score(record.true_inputs, rec.data).psnr)
     assert abs(psnr[0] - psnr[1]) < 0.5, psnr
+
+
+def test_example_app_runs_through_its_entry_points(flower_run):
+    run = flower_run["example"]
+    accuracy = run["accuracy"]
+    assert sorted(accuracy) == [0, 1, 2, 3]
+    assert accuracy[3] >= 0.5 and accuracy[3] > accuracy[0] + 0.3  # NNM + trimmed mean despite 2 sign flippers
+    assert run["epsilon"] is None  # no noise configured: no ε is claimed
+    assert not any(h["skipped"] for h in run["strategy"].history)
+    assert run["strategy"].rng == "secure"
+    [obs] = run["observations"]
+    assert (obs.round, obs.client, obs.lr, obs.local_steps, obs.batch_size) == (1, TAPPED, 0.1, 5, 8)
+    assert obs.labels is None  # a real server is not granted labels
+    assert run["reconstruction"].data.shape[0] == obs.num_examples

@@ -612,8 +612,11 @@ class PrivflStrategy(FedAvg):
                     "privfl-skipped": int(info["skipped"])})
         return MetricRecord(out)
 
-    def epsilon(self, delta: float, *, method: str = "rdp") -> float:
-        """ε(δ) of the run so far, worst client (0 when nothing private was released)."""
+    def epsilon(self, delta: float, *, method: str = "rdp") -> float | None:
+        """ε(δ) of the run so far, worst client; ``None`` when neither a central nor a client mechanism is
+        configured (the server sees raw updates: there is no guarantee to report)."""
+        if self.central is None and self.client_mechanism is None:
+            return None
         units = self.ledger.units
         return max((self.ledger.epsilon(delta, method=method, unit=u) for u in units), default=0.0)
 
