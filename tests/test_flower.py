@@ -226,3 +226,28 @@ def test_byzantine_mod_sign_flips_only_chosen_clients():
     assert torch.allclose(mech.privatize(u), -2.0 * u)
     other = byzantine_mod("sign-flip", clients=[4], scale=2.0)
     assert torch.allclose(_ModMechanism(other, 4).privatize(u), u)
+
+
+def test_readme_flower_section_builds_up_to_the_run(monkeypatch):
+    """The "Use with Flower" snippet builds its apps as written (the run itself is what
+    test_flower_simulation.py exercises; here run_simulation stops the snippet)."""
+    import re
+    from pathlib import Path
+
+    import flwr.simulation
+
+    class _Stop(Exception):
+        pass
+
+    def stop(server_app, client_app, num_supernodes, **kwargs):
+        assert num_supernodes == 10 and client_app is not None and server_app is not None
+        raise _Stop
+
+    monkeypatch.setattr(flwr.simulation, "run_simulation", stop)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Use with Flower\n", 1)[1].split("\n## ", 1)[0]
+    code = re.findall(r"```python\n(.*?)```", section, re.S)[0]
+    scope: dict = {}
+    with pytest.raises(_Stop):
+        exec(compile(code, "README.md: Use with Flower", "exec"), scope)
+    assert isinstance(scope["strategy"], PrivflStrategy) and scope["strategy"].rng == "secure"
