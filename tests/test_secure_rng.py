@@ -135,3 +135,15 @@ def test_with_rng_errors():
         SecureRandom("mt19937")
     with pytest.raises(ValueError, match="sigma"):
         SecureRandom().discrete_gaussian(0.0, 3)
+
+
+def test_the_core_never_imports_the_integrations():
+    """privfl and every registered component load without Flower (integrations sit on top)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, privfl, privfl.cli, privfl.fl.simulation, privfl.secure_rng\n"
+            "from privfl.registry import _ensure_loaded\n_ensure_loaded()\n"
+            "bad = sorted(m for m in sys.modules if m.startswith(('flwr', 'ray', 'privfl.integrations')))\n"
+            "assert not bad, bad\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)

@@ -1,4 +1,4 @@
-"""privfl inside a Flower app (Flower ≥ 1.22 Message API: ``ServerApp``, ``ClientApp``, ``Grid``, ``Message``).
+"""privfl inside a Flower app (Flower ≥ 1.42 Message API: ``ServerApp``, ``ClientApp``, ``Grid``, ``Message``).
 
 Install with ``pip install privfl[flower]``. Four pieces, all on privfl's contracts (``[n, d]`` rows in
 the :mod:`privfl.flat` layout, :class:`~privfl.core.Mechanism`, :class:`~privfl.core.Aggregator`,
@@ -51,10 +51,10 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
-from flwr.supercore import log
 from torch import Tensor, nn
 
 import privfl
