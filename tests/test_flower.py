@@ -154,6 +154,8 @@ def test_strategy_entry_point_errors():
         PrivflStrategy(model, sampling="uniform")
     with pytest.raises(ValueError, match="is local"):
         PrivflStrategy(model, central_mechanism="rqm")
+    with pytest.raises(ValueError, match="client-side training"):
+        PrivflStrategy(model, central_mechanism="dp-brem")
     with pytest.raises(ValueError, match="aggregator must be 'mean'"):
         PrivflStrategy(model, central_mechanism="gaussian", aggregator="median")
     with pytest.raises(ValueError, match="weighted"):

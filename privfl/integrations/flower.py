@@ -459,6 +459,10 @@ class PrivflStrategy(FedAvg):
             if not getattr(mech, "central", False):
                 raise ValueError(f"central_mechanism {mech.name!r} is local; apply it on the clients with "
                                  "local_mechanism_mod and pass it here as client_mechanism")
+            if getattr(mech, "local_training", None) or getattr(mech, "protocol", None) not in (None, "fedavg"):
+                raise ValueError(f"central_mechanism {mech.name!r} needs client-side training settings "
+                                 f"({getattr(mech, 'local_training', None) or mech.protocol}) that a server strategy "
+                                 "cannot impose on Flower clients; use it in privfl's simulator")
             if self.preaggregators or self.aggregator.name != "mean":
                 raise ValueError("a central mechanism is the server rule (noise on the sum): aggregator must be "
                                  "'mean' and preaggregators empty")
@@ -556,7 +560,7 @@ class PrivflStrategy(FedAvg):
         except (ValueError, RuntimeError) as err:  # the rule refuses this round: keep the model
             info.update(skipped=True, reason=str(err))
             log(WARNING, "privfl: round %s not aggregated, model kept (%s)", server_round, err)
-        self._account(server_round, ids[finite])
+        self._account(server_round, ids)  # every replying client released its (privatized) update
         arrays = None
         if agg is not None:
             new = w0 + self.server_lr * agg.to(w0.dtype)
