@@ -61,9 +61,10 @@ import privfl
 from privfl.accounting.ledger import PrivacyLedger
 from privfl.core import Aggregator, ByzantineAttack, DataPoisoningAttack, Mechanism, Observation, PreAggregator
 from privfl.data.base import Dataset
+from privfl.defenses._common import nonfinite_rows
 from privfl.fl.local import LocalSGD, plan_batches, train_loop
 from privfl.fl.simulation import evaluate
-from privfl.flat import ParamLayout, flatten, layout_of, load_flat, unflatten
+from privfl.flat import ParamLayout, layout_of, load_flat, unflatten
 from privfl.secure_rng import check_rng, default_source, with_rng
 from privfl.seeding import make_generator
 
@@ -101,21 +102,22 @@ def record_layout(record: ArrayRecord) -> ParamLayout:
     return ParamLayout(tuple(names), tuple(shapes))
 
 
-def record_to_vector(record: ArrayRecord, layout: ParamLayout) -> Tensor:
-    """The layout's arrays of ``record`` as one float32 vector ``[d]``; ``ValueError`` when an array is
-    missing or has another shape."""
+def record_to_vector(record: ArrayRecord, layout: ParamLayout, *, out: Tensor | None = None) -> Tensor:
+    """The layout's arrays of ``record`` as one float32 vector ``[d]`` (written into ``out`` when given, one
+    copy per array); ``ValueError`` when an array is missing or has another shape."""
     if not isinstance(record, ArrayRecord):
         raise TypeError(f"record must be a flwr ArrayRecord, got {type(record).__name__}")
-    tensors = {}
-    for name, shape in zip(layout.names, layout.shapes):
+    vec = torch.empty(layout.dim, dtype=torch.float32) if out is None else out
+    flat = vec.numpy()
+    for name, shape, offset, numel in zip(layout.names, layout.shapes, layout.offsets, layout.numels):
         if name not in record:
             raise ValueError(f"the ArrayRecord lacks the array {name!r} of the model's layout")
-        arr = np.asarray(record[name].numpy())
+        arr = record[name].numpy()
         if tuple(arr.shape) != tuple(shape) or arr.dtype.kind not in "fiu":
             raise ValueError(f"array {name!r} has shape {tuple(arr.shape)} and dtype {arr.dtype}; "
                              f"the layout expects a number array of shape {tuple(shape)}")
-        tensors[name] = torch.from_numpy(np.array(arr, dtype=np.float32))
-    return flatten(tensors, layout)
+        flat[offset:offset + numel] = arr.reshape(-1)
+    return vec
 
 
 def vector_to_record(vec: Tensor, layout: ParamLayout, template: ArrayRecord) -> ArrayRecord:
@@ -518,18 +520,19 @@ class PrivflStrategy(FedAvg):
         return self._construct_messages(record, chosen, MessageType.TRAIN)
 
     # ------------------------------------------------------------------ aggregation
-    def _reply_row(self, msg: Message, w0: Tensor) -> tuple[Tensor, dict]:
-        """The reply's update ``w1 − w0`` (a NaN row when the reply is malformed) and its metrics."""
+    def _read_reply(self, msg: Message, row: Tensor) -> dict:
+        """Write the reply's weights into ``row`` (NaN when the reply is malformed); return its metrics."""
         metrics: dict = {}
         try:
             for rec in msg.content.metric_records.values():
                 metrics.update(dict(rec))
             _, record = _single_record(msg.content, "reply")
-            return record_to_vector(record, self.layout) - w0, metrics
+            record_to_vector(record, self.layout, out=row)
         except (ValueError, TypeError, KeyError) as err:
             log(WARNING, "privfl: malformed reply from node %s treated as a faulty row (%s)",
                 msg.metadata.src_node_id, err)
-            return torch.full_like(w0, float("nan")), metrics
+            row.fill_(float("nan"))
+        return metrics
 
     def _key(self, msg: Message, metrics: dict) -> int:
         pid = metrics.get("partition-id")
@@ -542,11 +545,16 @@ class PrivflStrategy(FedAvg):
             raise RuntimeError("aggregate_train called before configure_train")
         template, w0 = self._global
         valid = [m for m in replies if not m.has_error()]
-        parsed = [(self._key(m, met), row, met) for m in valid for row, met in [self._reply_row(m, w0)]]
-        parsed.sort(key=lambda item: item[0])  # rows in client order: deterministic aggregation
-        keys = [k for k, _, _ in parsed]
-        rows = torch.stack([r for _, r, _ in parsed]) if parsed else torch.empty(0, self.layout.dim)
-        finite = torch.isfinite(rows).all(dim=1)
+        rows = torch.empty(len(valid), self.layout.dim)  # one [n, d] buffer, each reply copied in once
+        metrics = [self._read_reply(m, rows[i]) for i, m in enumerate(valid)]
+        rows -= w0  # updates w1 − w0
+        keys = [self._key(m, met) for m, met in zip(valid, metrics)]
+        order = sorted(range(len(keys)), key=keys.__getitem__)  # rows in client order: deterministic aggregation
+        if order != list(range(len(keys))):
+            rows = rows[order]
+        keys, metrics = [keys[i] for i in order], [metrics[i] for i in order]
+        parsed = list(zip(keys, rows, metrics))
+        finite = ~nonfinite_rows(rows)
         if self.tap is not None:
             for k, row, met in parsed:
                 self.tap.observe(server_round, k, row, met, w0)
