@@ -38,7 +38,8 @@ curve. :func:`discrete_gaussian_guarantee` records exactly that curve and, delib
 continuous Gaussian, so subsampling amplification is not credited to the discrete one (conservative).
 Residual floating-point effect: the Bernoulli probabilities are exact to 2⁻⁵³ relative.
 
-Cost: ``benchmarks/secure_noise.py`` measures it against ``torch.randn`` with a generator.
+Secure draws are made on the CPU (the CSPRNG and the exact float64 sum) and moved to the caller's
+device. Cost: ``benchmarks/secure_noise.py`` measures it against ``torch.randn`` with a generator.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 One simulation run (Ray start-up is slow on 2 cores) serves every assertion. Its ClientApp is the example
 app's (``examples/flower``, loaded through the entry point of its pyproject.toml): 6 supernodes on the
 digits MLP, clients 0 and 1 Byzantine (sign flip ×4 of their own update). One ServerApp runs, on the same
-grid, the example's own ``main`` and then three strategies — NNM + trimmed mean (tapped), the plain mean,
-and central DP-FedAvg noise with Poisson sampling.
+grid, the example's own ``main`` (NNM + trimmed mean, secure noise) and then three strategies — the
+NNM + coordinate-wise median (tapped), the plain mean, and central DP-FedAvg noise with Poisson sampling.
 """
 
 from __future__ import annotations
@@ -76,9 +76,11 @@ def flower_run():
                            labels=lambda r, c: _used_labels(data, clients, c, r))
     common = dict(rng="seeded", seed=SEED, fraction_evaluate=0.0, min_available_nodes=NODES)
     strategies = {
-        "robust": PrivflStrategy(model, aggregator="trimmed-mean", aggregator_params={"f": 2},
-                                 preaggregators=[privfl.make("preaggregator", "nnm", f=2)], tap=tap,
-                                 keep_weights=True, **common),
+        # plain median / trimmed mean learn too slowly here (0.19 after 3 rounds in privfl's simulator at f = 2
+        # of 6): NNM first, as Allouah et al. 2023 recommend
+        "robust": PrivflStrategy(model, aggregator="median", aggregator_params={"f": 2}, tap=tap,
+                                 preaggregators=[privfl.make("preaggregator", "nnm", f=2)], keep_weights=True,
+                                 **common),
         "mean": PrivflStrategy(model, **common),
         "dp": PrivflStrategy(model, central_mechanism="gaussian",
                              central_params={"clip_norm": 1.0, "noise_multiplier": 1.0},
@@ -130,8 +132,7 @@ def test_a_strategy_aggregate_is_privfls_aggregator_bit_for_bit(flower_run):
     robust = flower_run["strategies"]["robust"]
     w0 = flower_run["w_init"]
     rows = _client_rows(flower_run, w0, 1)
-    nnm = privfl.make("preaggregator", "nnm", f=2)
-    agg = privfl.make("aggregator", "trimmed-mean", f=2)(nnm(rows))
+    agg = privfl.make("aggregator", "median", f=2)(privfl.make("preaggregator", "nnm", f=2)(rows))
     got = robust.history[0]["weights"]
     assert robust.history[0]["rows"] == NODES and not robust.history[0]["skipped"]
     assert got.dtype == torch.float32
@@ -140,9 +141,10 @@ def test_a_strategy_aggregate_is_privfls_aggregator_bit_for_bit(flower_run):
 
 def test_b_robust_rules_keep_accuracy_where_the_mean_collapses(flower_run):
     acc = flower_run["accuracy"]
-    robust, mean = acc["robust"][ROUNDS], acc["mean"][ROUNDS]
-    assert robust >= 0.6, acc
-    assert mean <= acc["mean"][0] + 0.05 and mean <= robust - 0.4, acc
+    median, mean = acc["robust"][ROUNDS], acc["mean"][ROUNDS]  # NNM + median
+    nnm_trimmed = flower_run["example"]["accuracy"][ROUNDS]  # the example app: NNM + trimmed mean
+    assert median >= 0.6 and nnm_trimmed >= 0.6, (acc, nnm_trimmed)
+    assert mean <= acc["mean"][0] + 0.05 and mean <= min(median, nnm_trimmed) - 0.4, acc
 
 
 def test_c_ledger_epsilon_is_privfls_accounting(flower_run):
