@@ -25,8 +25,10 @@ subsampled-Gaussian RDP).
 vector before clipping (any row in the clip ball keeps the sensitivity bound) and counted in
 ``nonfinite_replaced``, so one faulty client cannot turn the noisy aggregate into NaN.
 
-Floating-point caveat: noise comes from ``torch.randn`` with a ``torch.Generator`` (not a CSPRNG);
-floating-point attacks on Gaussian sampling (Mironov 2012; Jin et al. 2022) are not mitigated.
+Noise source: by default ``torch.randn`` with the ``torch.Generator`` passed in (reproducible, not a
+CSPRNG, open to floating-point attacks: Mironov 2012; Jin et al. 2022). ``with_rng(mech, "secure")``
+(:mod:`privfl.secure_rng`) draws a grid-exact discrete Gaussian from a CSPRNG instead; its guarantee is
+then the discrete Gaussian's RDP (Canonne, Kamath, Steinke 2020), without subsampling amplification.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from privfl.core import Mechanism, PrivacyGuarantee
 from privfl.mechanisms import _checks
 from privfl.params import Choice, Real
 from privfl.registry import register
+from privfl.secure_rng import add_gaussian, discrete_gaussian_guarantee
 
 __all__ = ["GaussianMechanism"]
 
@@ -50,6 +53,8 @@ class GaussianMechanism(Mechanism):
     (its guarantee is ``none``: ε = ∞)."""
 
     name = "gaussian"
+    supports_secure_rng = True
+    rng = "seeded"  # privfl.secure_rng.with_rng(mech, "secure") for deployment
     unbiased = True  # for the clipped input (estimand): the noise has mean 0
     nonfinite = "zero"
     param_space = {
@@ -87,8 +92,7 @@ class GaussianMechanism(Mechanism):
         clipped = self.clip(x)
         if not self.local or self.noise_multiplier == 0:
             return clipped
-        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        return clipped + self.noise_std * noise
+        return add_gaussian(clipped, self.noise_std, generator=generator, rng=self.rng, clip_norm=self.clip_norm)
 
     def aggregate(
         self,
@@ -113,16 +117,18 @@ class GaussianMechanism(Mechanism):
         if expected_rows is None:
             expected_rows = float(rows.shape[0])
         expected_rows = _checks.number("expected_rows", expected_rows, lo=0.0)
-        total = self.clip(rows).sum(dim=0)
-        if self.noise_multiplier > 0:
-            total = total + self.noise_std * torch.randn(
-                total.shape, generator=generator, dtype=total.dtype, device=total.device
-            )
+        if self.noise_multiplier == 0:
+            return self.clip(rows).sum(dim=0) / expected_rows
+        total = add_gaussian(self.clip(rows), self.noise_std, generator=generator, rng=self.rng,
+                             clip_norm=self.clip_norm, sum_rows=True)
         return total / expected_rows
 
     def guarantee(self) -> PrivacyGuarantee:
         if self.noise_multiplier == 0:
             return PrivacyGuarantee.none(self.name, notes="noise_multiplier=0: clipping only, no privacy")
+        if self.rng == "secure":
+            z = self.noise_multiplier / 2.0 if self.local else self.noise_multiplier
+            return discrete_gaussian_guarantee(z, name=f"gaussian ({'local' if self.local else 'DP-FedAvg'}, secure)")
         if self.local:
             return gaussian_guarantee(
                 self.noise_multiplier / 2.0,

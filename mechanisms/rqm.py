@@ -48,6 +48,7 @@ from privfl.core import Mechanism, PrivacyGuarantee
 from privfl.mechanisms import _checks
 from privfl.params import Int, Real
 from privfl.registry import register
+from privfl.secure_rng import rand
 
 __all__ = ["RQM", "index_dtype"]
 
@@ -80,6 +81,8 @@ class RQM(Mechanism):
     """
 
     name = "rqm"
+    supports_secure_rng = True
+    rng = "seeded"  # privfl.secure_rng.with_rng(mech, "secure") for deployment
     unbiased = True  # for the input clamped to [−c, c] (estimand)
     nonfinite = "zero"  # a NaN/±Inf row becomes the zero vector before clamping, counted in nonfinite_replaced
     param_space = {
@@ -154,17 +157,17 @@ class RQM(Mechanism):
         if self.q < 1.0:
             log_keep_fail = math.log1p(-self.q)
             # geometric distances to the nearest kept interior level: g = floor(ln(1 − U)/ln(1 − q))
-            a = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            a = rand(x.shape, generator=generator, dtype=x.dtype, device=x.device, rng=self.rng)
             a.neg_().log1p_().div_(log_keep_fail).floor_()
             a = torch.sub(j, a, out=a).clamp_(min=0)  # below: j − g, or the always-kept level 0
-            b = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            b = rand(x.shape, generator=generator, dtype=x.dtype, device=x.device, rng=self.rng)
             b.neg_().log1p_().div_(log_keep_fail).floor_()
             b.add_(j).add_(1).clamp_(max=m - 1)  # above: j + 1 + g, or the always-kept level m − 1
             del j
         else:
             a, b = j, j + 1
         up = pos.sub_(a).div_(b - a)  # P(round up) = (x − B(a)) / (B(b) − B(a)), in level units
-        r = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        r = rand(x.shape, generator=generator, dtype=x.dtype, device=x.device, rng=self.rng)
         return torch.where(r < up, b, a).to(index_dtype(m))
 
     def decode(self, reports: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:

@@ -1,0 +1,1 @@
+"""privfl in a Flower app (see ../README.md)."""
