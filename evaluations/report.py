@@ -279,7 +279,7 @@ def _write_csv(path: Path, rows: list[CellRow], columns: list[str]) -> None:
 
 def _voided(group: list[CellRow], column: str) -> str | None:
     """The threat-model warning shown instead of an ε column's number (privfl.accounting.ledger)."""
-    if not column.startswith("epsilon"):
+    if not column.startswith("epsilon") or column == "epsilon_unit":
         return None
     return next((w for g in group if (w := g.result["summary"].get("privacy_warning"))), None)
 

@@ -225,7 +225,7 @@ FULL_ROUNDS = {
         aggregator=("multi-krum", {"f": 1}), preaggregators=[("nnm", {"f": 1})],
         byzantine=("alie", {}), worker_momentum=0.5),
     # central mechanism (noise on the sum), its own protocol and record clipping, a Byzantine client
-    "dp-brem": dict(mechanism=("dp-brem", {}), byzantine=("sign-flip", {})),
+    "dp-brem": dict(mechanism=("dp-brem", {}), byzantine=("ipm-own-data", {})),  # own data: ε stays valid
     # example-level DP-SGD under Poisson client sampling, a data-poisoning client
     "dp-sgd": dict(local=LocalSGD(steps=2, batch_size=8, lr=0.05, dp_clip=1.0, dp_noise=0.8),
                    sampling="poisson", sample_rate=0.75, byzantine=("label-flip", {})),

@@ -554,7 +554,7 @@ def check_robust(
     dtype: torch.dtype = torch.float64,
     prepare: Callable[[Any, Tensor], Any] | None = None,
     raise_on_failure: bool = True,
-    fuzz_cases: int | None = 200,
+    fuzz_cases: int | None = 100,
 ) -> RobustnessReport:
     """Measure the (f, κ)-robustness ratio of ``aggregator`` on adversarial inputs; fail above ``kappa``;
     then fuzz it with ``fuzz_cases`` non-finite / near-dtype-max inputs within ``f`` (:func:`fuzz_nonfinite`:
