@@ -93,6 +93,7 @@ class IntegerSecAggMechanism(Mechanism):
     (:meth:`noise`, per family), mod 2^bits; decode = centre, unscale, rotate back."""
 
     unbiased = False  # modular wrap-around and the norm-conditioned rounding bias it (slightly)
+    nonfinite = "zero"  # a NaN/±Inf row becomes the zero vector before clipping, counted in nonfinite_replaced
     k_default = 4.0
 
     def __init__(self, clip_norm: float, noise_multiplier: float, num_clients: int, bits: int, beta: float,
@@ -108,6 +109,7 @@ class IntegerSecAggMechanism(Mechanism):
                              f"{k_stddevs}: need 2^(2·bits) > num_clients·k_stddevs²")
         self.modulus = 1 << self.bits
         self.dim: int | None = None
+        self.nonfinite_replaced = 0
 
     # ------------------------------------------------------------------ geometry
     def bind_dim(self, dim: int) -> None:
@@ -179,6 +181,8 @@ class IntegerSecAggMechanism(Mechanism):
         n, d = x.shape
         self.dim = d
         s = self.scale(d)
+        x, replaced = _checks.zero_nonfinite_rows(x)  # non-finite policy "zero" (counted)
+        self.nonfinite_replaced += replaced
         z = self.rotate(_checks.clip_rows(x.to(torch.float64), self.clip_norm)) * s
         bound = distributed.rounded_l2_bound(self.clip_norm * s, dim=self.padded(d), beta=self.beta)
         rounded = self._round(z, bound, generator).to(torch.int64)
