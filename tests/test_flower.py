@@ -185,10 +185,13 @@ class _ModMechanism(Mechanism):
 
     def privatize(self, x, *, generator=None, client_ids=None):
         layout = record_layout(ArrayRecord({"w": self.w0}))
+        # the seeded mod keys its noise by (seed, round, client): rounds drawn from ``generator`` make
+        # different generators give different draws, as check_unbiased requires of a randomized mechanism
+        first = 1 if generator is None else int(torch.randint(1, 2**30, (1,), generator=generator))
         out = []
         for r, row in enumerate(x):
             msg = Message(RecordDict({"arrays": ArrayRecord({"w": self.w0.clone()}),
-                                      "config": ConfigRecord({"server-round": r + 1})}),
+                                      "config": ConfigRecord({"server-round": first + r})}),
                           dst_node_id=7, message_type=MessageType.TRAIN)
 
             def call_next(m, ctx, row=row):
