@@ -38,13 +38,13 @@ def solve(runner, device, **kw):
         return C.cosine_distance(grads(X[:, 0]), target) + 0.01 * C.total_variation(X, 3)
 
     var = C.Variable(X, 0.1, signed=True, project=lambda t: t.data.clamp_(0, 1))
-    runner([var], objective, iterations=40, lr_decay=True, **kw)
+    runner([var], objective, iterations=30, lr_decay=True, **kw)
     return X.detach(), objective().detach()
 
 
 def test_static_body_matches_run_adam_on_cpu():
     X_ref, loss_ref = solve(C.run_adam, torch.device("cpu"))
-    X, loss = solve(Gr.run_adam_static, torch.device("cpu"), milestones=C.milestones(40), capture=False)
+    X, loss = solve(Gr.run_adam_static, torch.device("cpu"), milestones=C.milestones(30), capture=False)
     torch.testing.assert_close(X, X_ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-6)
     assert float(loss.mean()) < 0.5  # it did attack: the cosine cost fell from ~1
@@ -62,6 +62,6 @@ def test_graphs_need_cuda_and_the_switch(monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 def test_cuda_graph_replay_matches_eager():
     dev = torch.device("cuda")
-    X_ref, _ = solve(Gr.run_adam_static, dev, milestones=C.milestones(40), capture=False)
-    X, _ = solve(Gr.run_adam_static, dev, milestones=C.milestones(40), capture=True)
+    X_ref, _ = solve(Gr.run_adam_static, dev, milestones=C.milestones(30), capture=False)
+    X, _ = solve(Gr.run_adam_static, dev, milestones=C.milestones(30), capture=True)
     torch.testing.assert_close(X, X_ref, rtol=1e-4, atol=1e-4)
