@@ -371,7 +371,14 @@ def run_adam(
     iterations: int,
     lr_decay: bool,
 ) -> dict[str, float]:
-    """Minimise ``objective() -> [T]`` (summed) with one Adam per variable; returns timing facts."""
+    """Minimise ``objective() -> [T]`` (summed) with one Adam per variable; returns timing facts.
+    On CUDA with ``PRIVFL_CUDA_GRAPHS=1``: the same iteration replayed from a CUDA graph
+    (:mod:`privfl.attacks._graphed`)."""
+    from privfl.attacks._graphed import graphs_enabled, run_adam_static
+
+    if graphs_enabled([v.tensor for v in variables]):
+        return run_adam_static(variables, objective, iterations=iterations, lr_decay=lr_decay,
+                               milestones=milestones(iterations), capture=True)
     opts = [torch.optim.Adam([v.tensor], lr=v.lr) for v in variables]
     scheds = [torch.optim.lr_scheduler.MultiStepLR(o, milestones=milestones(iterations), gamma=0.1) for o in opts]
     # CUDA kernels run asynchronously: without a synchronisation the times below would count launches only

@@ -37,19 +37,30 @@ timed call; the THP re-exec is skipped (it concerns the CPU allocator) and the p
 ``torch.cuda.max_memory_allocated`` during the call minus the memory allocated before it, measured in
 the same process (the CUDA caching allocator's own reserve is not counted).
 
+**Against ByzFL** (issue 18), when ByzFL is installed (``pip install --no-deps byzfl``: its rules need only
+torch, numpy and scipy; the package's own ``__init__`` imports torchvision for its training benchmark,
+so only ``byzfl.aggregators`` is loaded, without that ``__init__``): the ``vs ByzFL`` column gives ByzFL's
+time over privfl's on the same matrix (interleaved, ratio of medians; > 1 means privfl is faster)
+for the rules issue 18 sets targets on: median and trimmed mean ≥ 3×, Meamed ≥ 5×, centered clipping
+≥ 1× (ByzFL's ``Median`` is ``torch.quantile(·, 0.5)``, ``TrMean`` a full sort, ``CenteredClipping(tau=1.0,
+L=1)`` as privfl's, both stateful). Centered clipping is also swept over ``--cc-dims`` (default
+1e3, 1e4, 1e5: the target is "never slower at any d ≥ 1e3"), with more repeats at small ``d``.
+
 Run: ``.venv/bin/python benchmarks/aggregators.py [--dims 100000,1000000] [--repeats 3] [--no-memory]
-[--device cpu|cuda|auto]``.
+[--device cpu|cuda|auto] [--cc-dims 1000,10000,100000] [--only median,trimmed-mean,...]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Callable
 from functools import partial
 
@@ -82,6 +93,51 @@ COORDINATE = {"median", "trimmed-mean", "meamed"}
 GRAM = {"krum", "multi-krum", "nnm", "bulyan"}
 
 
+# issue 18's targets: ByzFL's time / privfl's, at least this
+BYZFL_TARGETS = {"median": 3.0, "trimmed-mean": 3.0, "meamed": 5.0, "centered-clipping": 1.0}
+
+
+def load_byzfl():
+    """ByzFL's ``aggregators`` module, or ``None`` when ByzFL is not installed. The package's ``__init__`` is
+    skipped (it imports torchvision for ByzFL's training benchmark): a bare package object stands in."""
+    spec = importlib.util.find_spec("byzfl")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    if "byzfl" not in sys.modules:
+        pkg = types.ModuleType("byzfl")
+        pkg.__path__ = list(spec.submodule_search_locations)
+        sys.modules["byzfl"] = pkg
+    from byzfl.aggregators import aggregators
+
+    return aggregators
+
+
+def byzfl_rule(A, label: str, f: int):
+    """ByzFL's counterpart of privfl's rule ``label`` (same parameters), or ``None``."""
+    makers = {"median": lambda: A.Median(), "trimmed-mean": lambda: A.TrMean(f=f),
+              "meamed": lambda: A.Meamed(f=f), "centered-clipping": lambda: A.CenteredClipping(tau=1.0, L=1)}
+    return makers[label]() if label in makers else None
+
+
+def byzfl_text(label: str, ratio: float) -> str:
+    need = BYZFL_TARGETS[label]
+    return f"vs ByzFL {ratio:.2f}× (≥{need:g}×: {'PASS' if ratio >= need else 'FAIL'})"
+
+
+def centered_clipping_sweep(A, n: int, f: int, dims: list[int], attack: str, repeats: int,
+                            device: torch.device) -> None:
+    """Centered clipping against ByzFL's at each ``d`` (interleaved, ratio of medians)."""
+    print(f"\ncentered clipping (tau = 1.0, L = 1) vs ByzFL, {torch.get_num_threads()} thread(s); "
+          "ByzFL time / privfl time (target ≥ 1 at every d ≥ 1e3)")
+    for d in dims:
+        U = matrix(n, f, d, attack, device)
+        ours = build("aggregator", "centered-clipping", {"tau": 1.0}, f)
+        theirs = byzfl_rule(A, "centered-clipping", f)
+        reps = max(repeats, min(2001, int(2e7 // (n * d))))
+        r = interleaved_ratio(partial(theirs, U), partial(ours, U), reps, device)
+        print(f"  d = {d:>9,}  ({reps} pairs)  {byzfl_text('centered-clipping', r)}")
+
+
 def build(kind: str, name: str, params: dict, f: int):
     params = dict(params)
     if "f" in privfl.registry.parameters(kind, name):
@@ -100,13 +156,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# wall clock by default; --clock cpu: this thread's CPU time (user + system, page faults included), which a
+# loaded shared machine does not inflate by preempting the process (single-threaded CPU runs only)
+CLOCK = {"wall": time.perf_counter, "cpu": time.thread_time}
+_clock = time.perf_counter
+
+
 def _once(fn: Callable[[], object], device: torch.device) -> float:
     """Wall time of one call, the device's queued work included."""
     _sync(device)
-    start = time.perf_counter()
+    start = _clock()
     fn()
     _sync(device)
-    return time.perf_counter() - start
+    return _clock() - start
 
 
 def timed(fn: Callable[[], object], repeats: int, device: torch.device = CPU) -> float:
@@ -202,6 +264,12 @@ def main() -> None:
                    help="keep torch's default CPU allocator (no THP_MEM_ALLOC_ENABLE=1)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
                    help="where U lives (auto: cuda when available); default cpu")
+    p.add_argument("--cc-dims", default="1000,10000,100000",
+                   help="d values of the centered-clipping sweep against ByzFL ('' to skip)")
+    p.add_argument("--clock", default="wall", choices=tuple(CLOCK),
+                   help="wall (default) or cpu: the thread's CPU time, robust to other load (1 thread, CPU only)")
+    p.add_argument("--only", default="", help="comma-separated rule labels to time (default: all)")
+    p.add_argument("--no-byzfl", action="store_true", help="skip the ByzFL comparison even when installed")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.device == "auto":
@@ -217,6 +285,10 @@ def main() -> None:
         child(args.child, args.n, args.f, dims[0], args.attack)
         return
     torch.set_num_threads(args.threads)
+    if args.clock == "cpu" and (args.threads != 1 or device.type != "cpu"):
+        p.error("--clock cpu measures one thread on the CPU: use --threads 1 --device cpu")
+    global _clock
+    _clock = CLOCK[args.clock]
     if device.type == "cuda":
         where = (f"device cuda ({torch.cuda.get_device_name(device)}), synchronised around each call; "
                  "memory: torch.cuda.max_memory_allocated\nthe targets are the CPU acceptance figures; on a GPU "
@@ -226,8 +298,16 @@ def main() -> None:
         where = ("device cpu; CPU allocator: "
                  f"{'transparent huge pages' if os.environ.get('THP_MEM_ALLOC_ENABLE') == '1' else 'default pages'}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), n={args.n}, f={args.f} "
-          f"({args.attack} rows), float32, median of {args.repeats} timed calls after one warm-up; {where}")
+          f"({args.attack} rows), float32, median of {args.repeats} timed calls after one warm-up; clock: "
+          f"{args.clock}; {where}")
     timed_ = partial(timed, repeats=args.repeats, device=device)
+    A = None if args.no_byzfl else load_byzfl()
+    print("ByzFL: " + ("byzfl.aggregators loaded; the vs ByzFL column is ByzFL's time / privfl's" if A is not None
+                       else "not installed or --no-byzfl (pip install --no-deps byzfl): no vs ByzFL column"))
+    only = {x.strip() for x in args.only.split(",") if x.strip()}
+    if A is not None and args.cc_dims.strip():
+        centered_clipping_sweep(A, args.n, args.f, [int(float(x)) for x in args.cc_dims.split(",")],
+                                args.attack, args.repeats, device)
     for d in dims:
         U = matrix(args.n, args.f, d, args.attack, device)
         size_mb = U.numel() * U.element_size() / 2**20
@@ -244,6 +324,8 @@ def main() -> None:
         print(header)
         print("-" * len(header))
         for label, kind, name, params in RULES:
+            if only and label not in only:
+                continue
             rule = build(kind, name, params, args.f)
             try:
                 call(rule, kind, U)
@@ -269,6 +351,10 @@ def main() -> None:
                 it = rule.last_iterations
                 r = interleaved_ratio(run, lambda U=U: U.mean(0), args.repeats, device)
                 target = f"≤(it+1)× mean, it={it}: {'PASS' if r <= it + 1 else 'FAIL'} ({r:.1f}×, interleaved)"
+            theirs = byzfl_rule(A, label, args.f) if A is not None else None
+            if theirs is not None:
+                r = interleaved_ratio(lambda theirs=theirs, U=U: theirs(U), run, args.repeats, device)
+                target += ("; " if target else "") + byzfl_text(label, r)
             mem_txt = f"{mem:14.1f} {mem / size_mb:5.2f}" if mem is not None else f"{'—':>14s} {'':5s}"
             print(f"{label:20s} {t * 1e3:9.1f} {t / t_mean:7.1f} {t / t_gram:7.2f} {t / t_med:8.2f} "
                   f"{mem_txt}  {target}")

@@ -8,7 +8,9 @@
 # they are installed into /tmp/site first. Every step has its own time limit and writes
 # OUTDIR/<step>.log (at most 8 files); a failing step does not stop the others.
 # Environment: PYTHON (default python3), DEVICE (default cuda; cpu for a dry run of the plumbing),
-# QUICK=1 (tiny sizes, for the dry run).
+# QUICK=1 (tiny sizes, for the dry run), ONLY=issue18 (just issue 18's GPU figures, ~6 min on a GPU: the
+# device tests plus the CUDA-graph attack-step test, then IG rates on cnn6 / ResNet-18 at 1 and 64 victims,
+# loop vs CUDA graph, against breaching's quoted rates).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUTDIR=${1:-gpu-check}
@@ -35,6 +37,7 @@ if [ "$QUICK" = 1 ]; then
     MECH_ARGS=(--rows 10 --cols 1000 --repeats 1)
     LDP_ARGS=(--n 1000)
     INV_ARGS=(--only ig --images 1 --ig-iterations 20)
+    RATE_ARGS=(--rate-iterations 3 --rate-victims 2)
     printf 'name: tiny\nbase: {dataset: digits, num_clients: 4, rounds: 2, local_steps: 2, batch_size: 8, model: mlp}\nseeds: [0]\n' >"$OUTDIR/tiny.yaml"
     DEMO_SPEC=("$OUTDIR/tiny.yaml")
 else
@@ -43,6 +46,7 @@ else
     MECH_ARGS=(--repeats 5)
     LDP_ARGS=()
     INV_ARGS=(--only ig,sme --images 4)
+    RATE_ARGS=(--rate-iterations 200 --rate-victims 64)
     DEMO_SPEC=()
 fi
 
@@ -59,6 +63,12 @@ fi
 echo "== install: $(tail -n 1 "$OUTDIR/install.log")"
 [ -d /tmp/site ] && export PYTHONPATH=/tmp/site
 
+if [ "${ONLY:-}" = issue18 ]; then
+    step tests 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_devices.py tests/test_graphed_attack_step.py
+    step inversion 300 "$PY" benchmarks/inversion.py --device "$DEV" --only rates "${RATE_ARGS[@]}"
+    echo "== done in $(( $(date +%s) - START )) s"
+    exit 0
+fi
 step tests 110 "$PY" -m pytest -q -p no:cacheprovider tests/test_devices.py
 step fl_round 80 "$PY" benchmarks/fl_round.py --device "$DEV" "${FL_ARGS[@]}"
 step aggregators 60 "$PY" benchmarks/aggregators.py --device "$DEV" "${AGG_ARGS[@]}"

@@ -34,12 +34,23 @@ Five measurements (``--only`` picks some; all by default), each on freshly initi
   within 1 dB of the noise floor. IG's cosine cost ignores the norm, so the noise floor does not
   depend on the noise's scale.
 
+* ``rates`` (issue 18, for ``--device cuda``): Inverting Gradients iterations per second on breaching's
+  cnn6 (six bias-free convolutions with LeakyReLU 0.2, as in breaching / GRNN) and a CIFAR ResNet-18
+  (BatchNorm, eval mode), both defined here, for 1 and ``--rate-victims`` (64) single-image victims
+  attacked together, each with the plain loop and with the iteration replayed from a CUDA graph
+  (``PRIVFL_CUDA_GRAPHS=1``, :mod:`privfl.attacks._graphed`); ``--rate-iterations`` each. Printed: it/s
+  (victim-iterations/s), the ratio to breaching's single-victim rate on an H200 (constants quoted in
+  issue 18: cnn6 174 it/s, ResNet-18 42 it/s; targets ×2 at batch 1, ×50 at 64 victims), the mean PSNR
+  reached in those iterations (not breaching's 24,000-iteration PSNR), and the projected minutes of
+  breaching's 100-victim ResNet-18 benchmark (24,000 iterations) at the best rate (target < 20 min).
+
 Single-threaded by default (``--threads``); the machine is shared, so seconds are noisy.
 ``--device cuda`` (or ``auto``: CUDA when present) puts the datasets and models on the GPU (models are
 initialised on CPU from the same seeds, and the attacks' CPU generators give the same starting points)
 and synchronises around every timed attack; the ``noise`` mechanism then draws its noise with a
 generator on the GPU (other draws than on CPU, same distribution).
-Run: ``.venv/bin/python benchmarks/inversion.py [--only ig,dlg,sme,noise,vmap] [--images 4] [--device cpu|cuda|auto]``.
+Run: ``.venv/bin/python benchmarks/inversion.py [--only ig,dlg,sme,noise,vmap,rates] [--images 4]
+[--device cpu|cuda|auto]``.
 """
 
 from __future__ import annotations
@@ -47,11 +58,13 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import os
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import privfl
 from privfl.core import Observation
@@ -312,9 +325,91 @@ def bench_vmap(args) -> dict:
     return out
 
 
+# breaching's single-victim Inverting-Gradients rates on an H200 (iterations/s, batch 1), quoted in issue 18
+BREACHING_RATES = {"cnn6": 174.0, "resnet18": 42.0}
+
+
+class CNN6(nn.Module):
+    """breaching's / GRNN's cnn6: six bias-free convolutions (12, 36, 36, 36, 64, 128 channels; the first
+    4×4 stride 2, then strides 2, 1, 1, 2, 1) with LeakyReLU(0.2), and one linear layer."""
+
+    def __init__(self, num_classes: int, channels: int = 3, size: int = 32) -> None:
+        super().__init__()
+        spec = [(channels, 12, 4, 2, 2), (12, 36, 3, 2, 1), (36, 36, 3, 1, 1), (36, 36, 3, 1, 1),
+                (36, 64, 3, 2, 1), (64, 128, 3, 1, 1)]
+        layers = []
+        for c_in, c_out, k, stride, pad in spec:
+            layers += [nn.Conv2d(c_in, c_out, k, stride=stride, padding=pad, bias=False), nn.LeakyReLU(0.2)]
+        self.body = nn.Sequential(*layers, nn.Flatten())
+        self.fc = nn.Linear(self.body(torch.zeros(1, channels, size, size)).shape[1], num_classes)
+
+    def forward(self, x):
+        return self.fc(self.body(x))
+
+
+class _Block(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.b1 = nn.BatchNorm2d(c_out)
+        self.c2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.b2 = nn.BatchNorm2d(c_out)
+        self.short = nn.Sequential() if stride == 1 and c_in == c_out else nn.Sequential(
+            nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        return F.relu(self.b2(self.c2(F.relu(self.b1(self.c1(x))))) + self.short(x))
+
+
+class ResNet18(nn.Module):
+    """CIFAR ResNet-18 (He et al. 2016; 3×3 stem, stages of 2 basic blocks at 64/128/256/512 channels)."""
+
+    def __init__(self, num_classes: int, channels: int = 3) -> None:
+        super().__init__()
+        layers, c = [nn.Conv2d(channels, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU()], 64
+        for width, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            layers += [_Block(c, width, stride), _Block(width, width, 1)]
+            c = width
+        self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(512, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.body(x))
+
+
+def bench_rates(args) -> dict:
+    """IG it/s on cnn6 and ResNet-18, 1 and ``--rate-victims`` victims, loop vs CUDA graph."""
+    ds = load("natural-patches")
+    out = {}
+    for name, make in (("cnn6", CNN6), ("resnet18", ResNet18)):
+        torch.manual_seed(args.seed)
+        model = make(ds.num_classes, ds.input_shape[0]).to(DEVICE).eval()
+        for victims in (1, args.rate_victims):
+            idx = pick(ds, victims)
+            rows = torch.stack([gradient(model, ds.x_train[i : i + 1], ds.y_train[i : i + 1]) for i in idx])
+            labels = ds.y_train[idx].unsqueeze(1)
+            obs = observation(ds, model, rows if victims > 1 else rows[0], "gradient", 1,
+                              labels if victims > 1 else labels[0])
+            for graphs in ("0", "1"):
+                if graphs == "1" and DEVICE.type != "cuda":
+                    continue
+                os.environ["PRIVFL_CUDA_GRAPHS"] = graphs
+                attack = privfl.make("privacy_attack", "inverting-gradients", iterations=args.rate_iterations,
+                                     tv_weight=args.tv)
+                rec = attack.attack(obs, generator=torch.Generator().manual_seed(0))
+                data = rec.data if victims > 1 else rec.data.unsqueeze(0)
+                psnr = statistics.fmean(score(ds.to_pixels(ds.x_train[i : i + 1]), data[v]).psnr
+                                        for v, i in enumerate(idx))
+                its = args.rate_iterations / rec.extra["seconds"]
+                out[(name, victims, graphs)] = {"it_s": its, "victim_it_s": its * victims, "psnr": psnr,
+                                                "ratio": its * victims / BREACHING_RATES[name]}
+        os.environ.pop("PRIVFL_CUDA_GRAPHS", None)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", default="ig,dlg,sme,noise,vmap")
+    p.add_argument("--only", default="ig,dlg,sme,noise,vmap", help="also: rates (issue 18, meant for --device cuda)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--images", type=int, default=4, help="images for ig; victims per setting for noise")
@@ -340,6 +435,8 @@ def main() -> None:
     p.add_argument("--unrolled-iterations", type=int, default=100,
                    help="iterations of the unrolled attack (its seconds per iteration is what the ratio needs)")
     p.add_argument("--vmap-iterations", type=int, default=200)
+    p.add_argument("--rate-iterations", type=int, default=300, help="IG iterations per setting of 'rates'")
+    p.add_argument("--rate-victims", type=int, default=64, help="victims attacked together in 'rates'")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
                    help="where datasets, models and attacks run (auto: cuda when available); default cpu")
     args = p.parse_args()
@@ -433,6 +530,23 @@ def main() -> None:
             print(f"  {mode}: {r[mode]['s_per_victim_iteration'] * 1e3:6.2f} ms per victim-iteration, "
                   f"mean PSNR {r[mode]['psnr_mean']:.2f} dB")
         print(f"  speed-up of vmap: {r['speedup']:.2f}x")
+    if "rates" in only:
+        print(f"IG iterations/s, natural-patches 32x32, {args.rate_iterations} iterations, TV {args.tv}; ratio = "
+              f"victim-iterations/s over breaching's single-victim rate on an H200 ({BREACHING_RATES}):")
+        r = bench_rates(args)
+        for (name, victims, graphs), v in r.items():
+            print(f"  {name:8s} {victims:3d} victim(s) {'CUDA graph' if graphs == '1' else 'loop      '}: "
+                  f"{v['it_s']:8.1f} it/s, {v['victim_it_s']:9.1f} victim-it/s, {v['ratio']:6.2f}x breaching, "
+                  f"mean PSNR {v['psnr']:.2f} dB (after {args.rate_iterations} it.)")
+        for name in BREACHING_RATES:
+            best1 = max(v["ratio"] for (n, k, _), v in r.items() if n == name and k == 1)
+            bestk = max(v["ratio"] for (n, k, _), v in r.items() if n == name and k == args.rate_victims)
+            checks.append((f"{name} batch 1 >= 2x breaching", best1 >= 2.0, f"{best1:.2f}x"))
+            checks.append((f"{name} {args.rate_victims} victims >= 50x breaching", bestk >= 50.0, f"{bestk:.2f}x"))
+        best = max(v["victim_it_s"] for (n, k, _), v in r.items() if n == "resnet18")
+        minutes = 100 * 24_000 / best / 60
+        checks.append(("ResNet-18 100 victims x 24,000 it. < 20 min (projected from the best rate)", minutes < 20,
+                       f"{minutes:.1f} min"))
     print("\nacceptance:")
     for name, ok, value in checks:
         print(f"  [{'PASS' if ok else 'FAIL'}] {name}: {value}")

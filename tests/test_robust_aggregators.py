@@ -209,6 +209,34 @@ def test_centered_clipping_matches_formula_and_keeps_explicit_state():
     assert np.allclose(other(torch.from_numpy(X)).numpy(), reference(second.numpy()), atol=1e-12)
 
 
+@pytest.mark.parametrize("d", [7, 25000])  # x − v formed whole, and per column chunk (> 2^20 values)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_centered_clipping_paths_match_the_formula(d, dtype):
+    X = randn(50, d, seed=d).to(dtype).numpy().astype(np.float64)
+    X[3] *= 1e30 if dtype == torch.float32 else 1.0  # float32 squares overflow: the float64 norms path
+    tau, L = 0.7 * math.sqrt(d), 2
+
+    def reference(v):
+        for _ in range(L):
+            diff = X - v
+            v = v + (diff * np.minimum(1.0, tau / np.linalg.norm(diff, axis=1))[:, None]).mean(0)
+        return v
+
+    rule = agg("centered-clipping", f=2, tau=tau, iterations=L)
+    U = torch.from_numpy(X).to(dtype)
+    first = rule(U).double().numpy()
+    second = rule(U).double().numpy()  # from the previous aggregate
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    assert np.allclose(first, reference(np.zeros(d)), **tol)
+    assert np.allclose(second, reference(first), **tol)
+    bad = U.clone()
+    bad[7, 0] = float("nan")  # dropped, counted against f: the rule on the other 49 rows
+    rule.reset()
+    keep = [i for i in range(50) if i != 7]
+    X = X[keep]
+    assert np.allclose(rule(bad).double().numpy(), reference(np.zeros(d)), **tol)
+
+
 def test_nnm_equals_explicit_neighbourhood_means():
     X = randn(10, 6, seed=9).numpy()
     f = 3

@@ -44,7 +44,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -95,10 +95,10 @@ METHODS = ("rdp", "pld")
 _PROBE_ORDERS = np.array([1.5, 2.0, 8.0, 32.0, 256.0])
 
 
-@dataclass(frozen=True)
-class PrivacyEvent:
+class PrivacyEvent(NamedTuple):
     """One recorded release: ``count`` releases of ``guarantee`` at ``sampling_rate`` concerning
-    ``clients`` (``None``: every client, a central release)."""
+    ``clients`` (``None``: every client, a central release). Immutable (a named tuple: cheap enough to
+    record one per training step)."""
 
     guarantee: PrivacyGuarantee
     sampling_rate: float
@@ -143,10 +143,16 @@ class PrivacyLedger:
 
     def __init__(self, *, orders: Sequence[float] | np.ndarray = DEFAULT_ORDERS) -> None:
         self.orders = check_orders(orders)
-        self.events: list[PrivacyEvent] = []
+        # runs of identical consecutive records: [PrivacyEvent fields..., repeats]; the PrivacyEvent objects
+        # are built when `events` is read (one object per record per step would cost more than the step)
+        self._events: list[list] = []
+        self._num_records = 0
         self._components: list[_Component] = []
         self._index: dict[tuple, int] = {}
-        self._central = np.zeros(0, dtype=np.int64)  # counts per component, for every client
+        self._central_counts: list[int] = []  # counts per component, for every client (a list: cheap += per step)
+        # (id(guarantee), sampling_rate, unit argument) → (guarantee, component, q, unit) of central records
+        # already validated: a training loop recording one release per step skips the checks and the lookup
+        self._recent: dict[tuple, tuple] = {}
         # counts per (client, component) of client-specific events; rows of clients never seen stay 0
         self._matrix = np.zeros((0, 0), dtype=np.int64)
         self._seen = np.zeros(0, dtype=bool)
@@ -172,14 +178,31 @@ class PrivacyLedger:
         clients: Iterable[int] | torch.Tensor | np.ndarray | None = None,
         unit: str | None = None,
         round: int | None = None,
-    ) -> PrivacyEvent:
+    ) -> None:
         """Record ``count`` releases of ``guarantee``; ``clients=None`` means a central release
-        concerning every client (Poisson client sampling at ``sampling_rate`` amplifies it)."""
+        concerning every client (Poisson client sampling at ``sampling_rate`` amplifies it).
+
+        Cheap enough to call once per training step (about Opacus' ``RDPAccountant.step``, measured by
+        ``benchmarks/accountant.py``): a repeated central record skips the checks already passed."""
+        if clients is None and type(count) is int and count >= 0 and type(sampling_rate) is float:
+            hit = self._recent.get((id(guarantee), sampling_rate, unit))
+            if hit is not None and hit[0] is guarantee:
+                _, idx, q, unit_ = hit
+                self._central_counts[idx] += count
+                last = self._events[-1] if self._events else None
+                if (last is not None and last[0] is guarantee and last[1] == q and last[2] == count
+                        and last[3] is None and last[4] == unit_ and last[5] == round):
+                    last[6] += 1  # one more of the same run (inlined _append: this is the per-step path)
+                    self._num_records += 1
+                    return
+                self._append(guarantee, q, count, None, unit_, round)
+                return
         if not isinstance(guarantee, PrivacyGuarantee):
             raise TypeError(f"guarantee must be a PrivacyGuarantee, got {type(guarantee).__name__}")
         q = check_probability(sampling_rate, "sampling_rate")
         if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
             raise ValueError(f"count must be an int >= 0, got {count!r}")
+        unit_arg = unit
         unit = guarantee.unit if unit is None else unit
         if not isinstance(unit, str) or not unit:
             raise ValueError(f"unit must be a non-empty string, got {unit!r}")
@@ -195,15 +218,25 @@ class PrivacyLedger:
                 raise ValueError(f"clients must be a 1-d collection of int ids >= 0, got {clients!r}")
             ids = np.unique(arr.astype(np.int64))
         idx = self._component(guarantee, q, unit)
-        event = PrivacyEvent(guarantee, q, int(count), ids, unit, round)
-        self.events.append(event)
+        self._append(guarantee, q, int(count), ids, unit, round)
         if ids is None:
-            self._central[idx] += int(count)
+            self._central_counts[idx] += int(count)
+            if type(sampling_rate) is float and len(self._recent) < 64:
+                self._recent[(id(guarantee), sampling_rate, unit_arg)] = (guarantee, idx, q, unit)
         elif ids.size:
             self._grow(int(ids.max()) + 1)
             self._matrix[ids, idx] += int(count)
             self._seen[ids] = True
-        return event
+
+    def _append(self, guarantee, q, count, ids, unit, round) -> None:
+        self._num_records += 1
+        if ids is None and self._events:
+            last = self._events[-1]
+            if (last[0] is guarantee and last[1] == q and last[2] == count and last[3] is None and last[4] == unit
+                    and last[5] == round):
+                last[6] += 1
+                return
+        self._events.append([guarantee, q, count, ids, unit, round, 1])
 
     def _grow(self, num_clients: int) -> None:
         rows, cols = self._matrix.shape
@@ -222,7 +255,7 @@ class PrivacyLedger:
             idx = len(self._components)
             self._index[key] = idx
             self._components.append(_Component(g, q, unit))
-            self._central = np.concatenate([self._central, np.zeros(1, dtype=np.int64)])
+            self._central_counts.append(0)
             self._grow(self._matrix.shape[0])
         return idx
 
@@ -236,8 +269,12 @@ class PrivacyLedger:
         """Clients with client-specific (local) events."""
         return np.nonzero(self._seen)[0].tolist()
 
+    @property
+    def _central(self) -> np.ndarray:
+        return np.array(self._central_counts, dtype=np.int64)
+
     def _counts(self, client: int | None) -> np.ndarray:
-        counts = self._central.copy()
+        counts = self._central
         if client is not None and 0 <= int(client) < self._matrix.shape[0]:
             counts = counts + self._matrix[int(client)]
         return counts
@@ -379,9 +416,14 @@ class PrivacyLedger:
             return True
         return all(has_pld(c.guarantee) for c in self._components)
 
+    @property
+    def events(self) -> list[PrivacyEvent]:
+        """Every record, in order (a new list)."""
+        return [PrivacyEvent(*row[:6]) for row in self._events for _ in range(row[6])]
+
     def __len__(self) -> int:
-        return len(self.events)
+        return self._num_records
 
     def __repr__(self) -> str:
-        return f"PrivacyLedger({len(self.events)} events, {len(self._components)} distinct releases, " \
+        return f"PrivacyLedger({self._num_records} events, {len(self._components)} distinct releases, " \
                f"{int(self._seen.sum())} clients with local events)"
