@@ -9,6 +9,8 @@
   that dies (killed, out of memory) fails the cells that were in flight — they are recorded as
   failed with the reason — and the run continues on a fresh pool.
 - ``workers=0`` runs cells in this process (same numerics: one thread per cell either way).
+- ``backend="ray"`` (or a ``RayBackend``) runs the pending cells on Ray instead, on one machine or a
+  cluster, with the same store and resume (``evaluations/ray_backend.py``).
 """
 
 from __future__ import annotations
@@ -93,8 +95,15 @@ def run_spec(
     *,
     workers: int | None = None,
     progress: bool = True,
+    backend: Any = "local",
 ) -> RunSummary:
-    """Run (or resume) every cell of ``spec`` into ``out_dir``; reports are written at the end."""
+    """Run (or resume) every cell of ``spec`` into ``out_dir``; reports are written at the end.
+
+    ``backend``: ``"local"`` (the process pool), ``"ray"`` or a ``RayBackend(address=..., ...)``.
+    """
+    from privfl.evaluations.ray_backend import resolve_backend
+
+    ray_backend = resolve_backend(backend, workers)  # None for the local pool
     if workers is None:
         workers = default_workers()
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
@@ -124,6 +133,8 @@ def run_spec(
         if workers == 0 or not pending:
             for cell in pending:
                 finished(_execute(_payload(cell), str(store.run_dir), spec.name, spec.imports, bar.update))
+        elif ray_backend is not None:
+            ray_backend.run_cells(pending, store, spec, bar, finished)
         else:
             _run_pool(pending, store, spec, min(workers, len(pending)), bar, finished)
     finally:
