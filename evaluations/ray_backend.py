@@ -41,6 +41,7 @@ import socket
 import sys
 import time
 import traceback
+import warnings
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -127,13 +128,15 @@ class RayBackend:
         """Connect (or start a local instance); True when this call did, so the run shuts it down."""
         if ray.is_initialized():
             return False
-        if self.address is None:
-            ray.init(address="local", include_dashboard=False)
-            return True
-        if self.address != "auto":
+        if self.address != "auto" and self.address is not None:
             _probe(self.address)
         try:
-            ray.init(address=self.address)
+            with warnings.catch_warnings():  # device auto never relies on Ray hiding GPUs (see _worker_device)
+                warnings.filterwarnings("ignore", message=".*accelerator visible devices", category=FutureWarning)
+                if self.address is None:
+                    ray.init(address="local", include_dashboard=False)
+                else:
+                    ray.init(address=self.address)
         except ConnectionError as exc:
             raise ValueError(
                 f"address (--address): got {self.address!r} but no Ray cluster answered ({exc}); allowed: the "
@@ -176,7 +179,7 @@ class _Driver:
         )
         # Per-round progress from the workers: a small counter actor (only when the bar is shown).
         self.ticks = None if getattr(bar, "disable", True) else ray.remote(num_cpus=0)(_Ticks).remote()
-        self.last_drain = 0.0
+        self.take = None  # the pending take() of the counter
 
     def run(self, pending: list[Cell]) -> None:
         ray, backend = self.ray, self.backend
@@ -209,6 +212,7 @@ class _Driver:
                 except Exception:  # noqa: BLE001 - best effort on the way out
                     pass
             self._drain(force=True)
+            self._drain(force=True)  # the first collects the take() in flight, the second what came after
 
     def _collect(self, ref: Any, cell: Cell) -> tuple[str, bool]:
         """Write the row a task returned (or why it has none): (status, True when the worker was lost)."""
@@ -230,14 +234,20 @@ class _Driver:
         return row["status"], False
 
     def _drain(self, force: bool = False) -> None:
-        if self.ticks is None or (not force and time.monotonic() - self.last_drain < TICK_FLUSH_S):
+        """Move the workers' round count to the progress bar without blocking (one take() in flight)."""
+        if self.ticks is None:
             return
-        self.last_drain = time.monotonic()
+        if self.take is None:
+            self.take = self.ticks.take.remote()
+        ready, _ = self.ray.wait([self.take], timeout=5.0 if force else 0)
+        if not ready:
+            return
         try:
-            n = self.ray.get(self.ticks.take.remote(), timeout=5)
+            n = self.ray.get(self.take)
         except Exception:  # noqa: BLE001 - progress is cosmetic; a lost counter must not stop the run
-            self.ticks = None
+            self.ticks = self.take = None
             return
+        self.take = None if force else self.ticks.take.remote()
         if n:
             self.bar.update(n)
 
