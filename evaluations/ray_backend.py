@@ -269,6 +269,8 @@ class _Ticks:
 # ---------------------------------------------------------------------- the worker
 def _run_cell(payload: dict[str, Any], imports: list[str], threads: int, ticks: Any) -> str:
     """Run one cell in a Ray task; returns its row as JSON text (the driver writes it)."""
+    import ray
+
     torch.set_num_threads(threads)
     pending = [0, time.monotonic()]
 
@@ -286,9 +288,11 @@ def _run_cell(payload: dict[str, Any], imports: list[str], threads: int, ticks: 
         row = {"status": "done", "result": run(scenario, payload["seed"], on_round=tick)}
     except Exception:  # a failing cell is data for the report, not the end of the run
         row = {"status": "failed", "error": traceback.format_exc()}
-    finally:
-        if ticks is not None and pending[0]:
-            ticks.add.remote(pending[0])
+    if ticks is not None and pending[0]:
+        try:  # acknowledged before the row returns, so the driver's last take() counts every round
+            ray.get(ticks.add.remote(pending[0]), timeout=10)
+        except Exception:  # noqa: BLE001 - progress is cosmetic
+            pass
     return json.dumps(row, allow_nan=True)
 
 
