@@ -168,19 +168,21 @@ def test_killed_driver_loses_nothing(ray_cluster, tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(plugin_dir), os.environ.get("PYTHONPATH"))))}
     cmd = [sys.executable, "-m", "privfl.cli", "run", str(spec_file), "--out", str(out), "--backend", "ray",
            "--address", address, "--no-progress"]
-    driver = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    stderr = open(tmp_path / "driver.err", "w")  # a file, not a pipe: a full pipe would stall the driver
+    driver = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
         deadline = time.monotonic() + 240
         done: dict = {}
         while time.monotonic() < deadline and driver.poll() is None:
-            try:
-                done = {k: v for k, v in _rows(out).items() if v[0] == "done"}
+            try:  # (never create the store here: only the driver does)
+                if (out / "results.sqlite").exists():
+                    done = {k: v for k, v in _rows(out).items() if v[0] == "done"}
             except sqlite3.OperationalError:  # the driver is still creating the store
                 done = {}
             if len(done) == 3:
                 break
             time.sleep(0.2)
-        assert driver.poll() is None, driver.stderr.read().decode()[-3000:]
+        assert driver.poll() is None, (tmp_path / "driver.err").read_text()[-3000:]
         assert set(done) == {"a", "b", "c"}, done
         driver.send_signal(signal.SIGKILL)  # mid-grid: d is in flight
         driver.wait(timeout=60)
@@ -188,6 +190,7 @@ def test_killed_driver_loses_nothing(ray_cluster, tmp_path):
         if driver.poll() is None:
             driver.kill()
             driver.wait()
+        stderr.close()
     assert "d" not in _rows(out)  # nothing half-written for the cell in flight
     (tmp_path / "hold").unlink()
     spec = parse_spec(raw)
