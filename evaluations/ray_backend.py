@@ -206,13 +206,13 @@ class _Driver:
                         self.finished(status)
                 self._drain()
         finally:
-            for ref in in_flight:  # interrupted: stop what is still running (its cells stay pending)
-                try:
+            try:  # best effort on the way out: an error here must not hide the one that got us here
+                for ref in in_flight:  # interrupted: stop what is still running (its cells stay pending)
                     ray.cancel(ref, force=True)
-                except Exception:  # noqa: BLE001 - best effort on the way out
-                    pass
-            self._drain(force=True)
-            self._drain(force=True)  # the first collects the take() in flight, the second what came after
+                self._drain(force=True)
+                self._drain(force=True)  # the first collects the take() in flight, the second what came after
+            except Exception:  # noqa: BLE001
+                pass
 
     def _collect(self, ref: Any, cell: Cell) -> tuple[str, bool]:
         """Write the row a task returned (or why it has none): (status, True when the worker was lost)."""
