@@ -17,7 +17,7 @@ $(STAMP): setup.cfg pyproject.toml
 	@echo "[2/3] installing $(TORCH) (CPU build; the first time this downloads ~200 MB and takes a few minutes)"
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --progress-bar off '$(TORCH)'
 	@echo "[3/3] installing privfl and its dependencies (opacus, dp-accounting, scipy, scikit-learn, matplotlib, ...)"
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --progress-bar off -e '.[dev,flower]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --progress-bar off -e '.[dev,flower,ray]'
 	touch $(STAMP)
 	@echo "setup done: $(VENV) is ready"
 

@@ -22,7 +22,9 @@
 JSON payload and returns the cell's row (plain JSON, no store access). The driver (or a local
 worker, for durability) writes that row with :func:`write_outcome`, then reports it to
 :class:`Progress` with ``finished(payload, status, seconds)``. A distributed backend runs
-``compute_cell`` remotely and calls ``write_outcome`` in the driver, which owns the store.
+``compute_cell`` remotely and calls ``write_outcome`` in the driver, which owns the store:
+``backend="ray"`` (or a ``RayBackend``) runs the pending cells on Ray that way, on one machine or a
+cluster, with the same store and resume (``evaluations/ray_backend.py``).
 """
 
 from __future__ import annotations
@@ -85,18 +87,25 @@ def payload_of(cell: Cell, spec: Spec, producer: dict[str, Any]) -> dict[str, An
             "spec": spec.name, "imports": list(spec.imports), "producer": producer}
 
 
-def compute_cell(payload: dict[str, Any]) -> dict[str, Any]:
-    """Run one cell; returns its row (``status`` done/failed, ``result`` or ``error``, ``seconds``)."""
+def compute_cell(payload: dict[str, Any], *, threads: int = 1, device: str | None = None) -> dict[str, Any]:
+    """Run one cell; returns its row (``status`` done/failed, ``result`` or ``error``, ``seconds``).
+
+    ``threads``: torch threads for the cell (1, as in the pool); ``device``: what a scenario's
+    ``device: auto`` means where the cell runs (a backend resolves it on its worker; the row keeps
+    the scenario as the spec wrote it)."""
     start = time.perf_counter()
     previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     row: dict[str, Any] = {
         "cell_id": payload["id"], "spec": payload["spec"], "label": payload["label"], "seed": payload["seed"],
         "scenario": payload["scenario"], "producer": payload.get("producer") or {},
     }
     try:
         registry.load_plugins(payload.get("imports") or [])
-        result = run(Scenario.from_dict(payload["scenario"]), payload["seed"])
+        scenario = Scenario.from_dict(payload["scenario"])
+        if device is not None and scenario.device == "auto":
+            scenario = scenario.replace(device=device)
+        result = run(scenario, payload["seed"])
         row.update(status="done", result=result)
     except Exception:  # a failing cell is data for the report, not the end of the run
         row.update(status="failed", error=traceback.format_exc())
@@ -284,8 +293,15 @@ def run_spec(
     progress: bool = True,
     force: bool = False,
     max_cells: int | None = MAX_CELLS,
+    backend: Any = "local",
 ) -> RunSummary:
-    """Run (or resume) every cell of ``spec`` into ``out_dir``; reports are written at the end."""
+    """Run (or resume) every cell of ``spec`` into ``out_dir``; reports are written at the end.
+
+    ``backend``: ``"local"`` (the process pool), ``"ray"`` or a ``RayBackend(address=..., ...)``.
+    """
+    from privfl.evaluations.ray_backend import resolve_backend
+
+    ray_backend = resolve_backend(backend, workers)  # None for the local pool
     if workers is None:
         workers = default_workers()
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
@@ -303,6 +319,8 @@ def run_spec(
                 row = compute_cell(p)
                 write_outcome(store, row)
                 tracker.finished(p["id"], row["status"], row["seconds"])
+        elif ray_backend is not None:
+            ray_backend.run_cells(pending, store, tracker)
         else:
             _run_pool(pending, store, min(workers, len(pending)), tracker)
     finally:

@@ -2,6 +2,8 @@
 
 ``privfl run [SPEC] [--out DIR] [--workers N] [--device D]``  run (or resume) an evaluation;
 no SPEC runs the bundled default. ``privfl report RUN_DIR`` rewrites the tables and plots.
+``privfl run ... --backend ray [--address A] [--cpus-per-cell N] [--gpus-per-cell F] [--retries R]``
+runs the cells on Ray instead of the local pool (``evaluations/ray_backend.py``, extra ``privfl[ray]``).
 ``privfl list [KIND]`` shows the registered components. ``privfl audit SPEC [--delta D] [--png PATH]``
 prints ε per round for each configuration's mechanism, sampling and rounds (RDP and PLD side by
 side) without training; with ``--empirical [--trials N]`` it attacks each configuration's mechanism
@@ -78,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run into a directory that holds another spec's or another privfl/torch version's cells")
     p_run.add_argument("--max-cells", type=_max_cells, default=None,
                        help="refuse grids with more cells than this (default 10000)")
+    p_run.add_argument("--backend", choices=("local", "ray"), default="local",
+                       help="where cells run: local process pool (default) or Ray (one machine or a cluster)")
+    p_run.add_argument("--address", help="ray: auto, host:port or ray://host:port (default: a local Ray instance)")
+    p_run.add_argument("--cpus-per-cell", type=_int_at_least(1), help="ray: CPUs (= torch threads) per cell (1)")
+    p_run.add_argument("--gpus-per-cell", type=float, help="ray: GPUs per cell, fractions share a GPU (0)")
+    p_run.add_argument("--retries", type=_int_at_least(0), help="ray: re-runs of a cell whose worker died (1)")
     p_report = sub.add_parser("report", help="write results.md, results.csv and plots for a run directory")
     p_report.add_argument("run_dir", type=Path)
     p_audit = sub.add_parser("audit", help="ε per round for each configuration of a spec (RDP and PLD, no training)")
@@ -102,6 +110,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from privfl.evaluations.scenario import SpecError, resolve_device
     from privfl.evaluations.spec import load_spec
 
+    backend = _backend(args)
     spec = load_spec(args.spec)
     if args.device is not None:
         try:
@@ -113,7 +122,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             block.pop("device", None)
     out = _writable_dir(args.out if args.out is not None else Path("results") / spec.name, "--out")
     limit = {} if args.max_cells is None else {"max_cells": args.max_cells}
-    summary = run_spec(spec, out, workers=args.workers, progress=not args.no_progress, force=args.force, **limit)
+    summary = run_spec(spec, out, workers=args.workers, progress=not args.no_progress, force=args.force,
+                         backend=backend, **limit)
     print(
         f"{spec.name}: {summary.total} cells — {summary.skipped} already done, {summary.done} ran, "
         f"{summary.failed} failed. Report: {summary.run_dir / 'results.md'}"
@@ -139,6 +149,24 @@ def _writable_dir(path: Path, option: str) -> Path:
     if not os.access(path, os.W_OK | os.X_OK):
         raise SpecError(f"{option}: directory {str(path)!r} is not writable")
     return path
+
+
+def _backend(args: argparse.Namespace):
+    """``--backend`` and its Ray options (which make sense with ``--backend ray`` only)."""
+    from privfl.evaluations.scenario import SpecError
+
+    options = {k: getattr(args, k) for k in ("address", "cpus_per_cell", "gpus_per_cell", "retries")}
+    given = {k: v for k, v in options.items() if v is not None}
+    if args.backend == "local":
+        if given:
+            names = ", ".join("--" + k.replace("_", "-") for k in given)
+            raise SpecError(f"{names}: options of the Ray backend; allowed with --backend ray only")
+        return "local"
+    from privfl.evaluations.ray_backend import RayBackend, resolve_backend
+
+    backend = RayBackend(**given)
+    resolve_backend(backend, args.workers)  # --workers and an unreachable --address fail before --out is made
+    return backend
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
