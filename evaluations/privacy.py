@@ -428,6 +428,7 @@ def audit_spec(spec: Any, *, delta: float | None = None, png: str | Path | None 
         _plot_audit(Path(png), curves, spec.name)
         summary.append(f"\nplot: {png}")
     if tables is not None:
+        Path(tables).parent.mkdir(parents=True, exist_ok=True)
         Path(tables).write_text("\n".join(full))
         summary.append(f"\nper-round tables: {tables}")
         return "\n".join(summary)

@@ -136,18 +136,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _writable_dir(path: Path, option: str) -> Path:
-    """``path`` as a run directory (created if missing); :class:`SpecError` naming ``option`` otherwise."""
+    """``path`` usable as a directory privfl may create and write; :class:`SpecError` naming ``option``
+    otherwise. Nothing is created here (bad input elsewhere must leave no empty folders behind)."""
     from privfl.evaluations.scenario import SpecError
 
     if path.exists() and not path.is_dir():
         raise SpecError(f"{option}: {str(path)!r} is an existing file, not a directory; allowed: a directory "
                         "(existing or new)")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SpecError(f"{option}: cannot create directory {str(path)!r}: {exc.strerror or exc}") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise SpecError(f"{option}: directory {str(path)!r} is not writable")
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise SpecError(f"{option}: cannot create directory {str(path)!r}: {str(parent)!r} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise SpecError(f"{option}: cannot write in {str(parent)!r} (permission denied)")
     return path
 
 
