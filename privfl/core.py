@@ -197,6 +197,9 @@ class Aggregator(ABC):
 
     name: ClassVar[str] = "aggregator"
     f: int = 0
+    #: True only for the plain unweighted mean of the rows: the one rule a central mechanism's
+    #: ``aggregate()`` (noise on the sum) may stand in for. The simulation reads this, not the class.
+    plain_mean: ClassVar[bool] = False
 
     @abstractmethod
     def __call__(self, updates: Tensor) -> Tensor: ...

@@ -51,7 +51,7 @@ from privfl.accounting.analysis import (
 from privfl.accounting.pld import has_pld, pld_epsilon
 from privfl.core import PrivacyGuarantee
 
-__all__ = ["PrivacyEvent", "PrivacyLedger", "METHODS"]
+__all__ = ["PrivacyEvent", "PrivacyLedger", "METHODS", "epsilon_after"]
 
 METHODS = ("rdp", "pld")
 _PROBE_ORDERS = np.array([1.5, 2.0, 8.0, 32.0, 256.0])
@@ -326,3 +326,13 @@ class PrivacyLedger:
     def __repr__(self) -> str:
         return f"PrivacyLedger({len(self.events)} events, {len(self._components)} distinct releases, " \
                f"{int(self._seen.sum())} clients with local events)"
+
+
+def epsilon_after(
+    guarantee: PrivacyGuarantee, rounds: int, *, sampling_rate: float = 1.0, delta: float = 1e-5,
+    method: str = "rdp", central: bool = True,
+) -> float:
+    """ε(δ) after ``rounds`` releases of ``guarantee`` (central at ``sampling_rate``, or local for one client)."""
+    ledger = PrivacyLedger()
+    ledger.record(guarantee, sampling_rate=sampling_rate, count=rounds, clients=None if central else [0])
+    return ledger.epsilon(delta, method=method)
