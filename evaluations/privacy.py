@@ -1,5 +1,5 @@
 """Privacy accounting in the harness: ε per round and in the summary, the privacy–utility plot and
-the accounting behind ``privfl audit``.
+the accounting behind ``privfl account``.
 
 Scenario fields (``# --- privacy accounting fields ---``):
 
@@ -66,7 +66,9 @@ def _validate(scenario: Scenario, where: str) -> None:
     if needed is not None and needed != scenario.protocol:
         raise SpecError(f"{where}.protocol: got {scenario.protocol!r}; mechanism {scenario.mechanism!r} "
                         f"needs {needed!r}")
-    if getattr(mech, "central", False) and (scenario.aggregator != "mean" or scenario.preaggregators):
+    if getattr(mech, "central", False) and (
+        scenario.preaggregators or not getattr(registry.get("aggregator", scenario.aggregator), "plain_mean", False)
+    ):
         raise SpecError(
             f"{where}.aggregator: got {scenario.aggregator!r} with preaggregators {scenario.preaggregators!r}; "
             f"mechanism {scenario.mechanism!r} is central (it aggregates: noise once on the sum), so allowed: "
@@ -115,7 +117,7 @@ register_extension(Extension(name="privacy", validate=_validate, configure=_conf
 
 
 # --------------------------------------------------------------------------------------------
-# `privfl audit`: ε per round without training
+# `privfl account`: ε per round without training
 # --------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class AuditRow:
@@ -254,7 +256,7 @@ def plot_privacy_utility(run_dir: str | Path, rows: list[Any]) -> list[Path]:
 
 
 # --------------------------------------------------------------------------------------------
-# `privfl audit SPEC`: the table (and PNG) for every configuration of a spec
+# `privfl account SPEC`: the table (and PNG) for every configuration of a spec
 # --------------------------------------------------------------------------------------------
 def _shown_rounds(rounds: int, limit: int = 20) -> list[int]:
     if rounds <= 30:
@@ -271,8 +273,8 @@ def _fmt(v: float | None) -> str:
     return f"{v:.4g}"
 
 
-def audit_spec(spec: Any, *, delta: float | None = None, png: str | Path | None = None) -> str:
-    """The ``privfl audit`` report: for each distinct federated configuration of ``spec``, ε(δ) per
+def account_spec(spec: Any, *, delta: float | None = None, png: str | Path | None = None) -> str:
+    """The ``privfl account`` report: for each distinct federated configuration of ``spec``, ε(δ) per
     round by RDP and by PLD side by side (no training). Writes a PNG of ε vs round when ``png``."""
     from privfl.evaluations.scenario import cell_id
 
@@ -284,7 +286,7 @@ def audit_spec(spec: Any, *, delta: float | None = None, png: str | Path | None 
         key = cell_id(cell.scenario, 0)
         if key not in seen:
             seen[key] = (cell.label, cell.scenario)
-    lines: list[str] = [f"# privacy audit of spec {spec.name!r} (accounting only, no training)", ""]
+    lines: list[str] = [f"# privacy accounting of spec {spec.name!r} (the accountant's ε, no training)", ""]
     curves: list[tuple[str, list[AuditRow]]] = []
     for label, scenario in seen.values():
         if scenario.mode != "federated":

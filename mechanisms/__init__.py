@@ -7,7 +7,7 @@ One module per family: :mod:`~privfl.mechanisms.gaussian` (DP-FedAvg, local Gaus
 
 from privfl.mechanisms import compression as _compression  # noqa: F401  (registers top-k, quantize, fp16)
 from privfl.mechanisms import dp_brem as _dp_brem  # noqa: F401  (registers dp-brem, dp-brem-plus)
-from privfl.mechanisms import gaussian as _gaussian  # noqa: F401  (registers gaussian)
+from privfl.mechanisms import gaussian as _gaussian  # noqa: F401  (registers gaussian, dp-fedavg)
 from privfl.mechanisms import ldp as _ldp  # noqa: F401  (registers grr, olh, oue, sue)
 from privfl.mechanisms import loloha as _loloha  # noqa: F401  (registers loloha, biloloha, ololoha)
 from privfl.mechanisms import longitudinal as _longitudinal  # noqa: F401  (l-grr, l-osue, rappor, dbitflippm)

@@ -53,12 +53,12 @@ from privfl.mechanisms.ldp import (
 )
 from privfl.mechanisms.longitudinal import (
     LongitudinalOracle,
-    UserState,
     check_calibration,
     check_eps_pair,
     grr_chain,
     instantaneous_grr_p,
 )
+from privfl.mechanisms.user_state import UserState
 from privfl.params import Choice, Int, Real, Ref
 from privfl.registry import register
 

@@ -1,4 +1,4 @@
-"""The contracts every privfl component follows (see ARCHITECTURE.md).
+"""The contracts every privfl component follows (see docs/ARCHITECTURE.md).
 
 A round's client updates are the rows of one tensor ``U`` of shape ``[n, d]``. Mechanisms,
 aggregators and Byzantine attacks work on such tensors, keep the caller's dtype and device and
@@ -206,6 +206,13 @@ class Aggregator(ABC):
 
     def reset(self) -> None:
         """Forget any state kept between calls (stateless rules: nothing to do)."""
+
+    def kappa(self, n: int) -> float | None:
+        """The (f, κ)-robustness coefficient (Allouah et al., AISTATS 2023) the rule is proven to meet at
+        ``n`` inputs with its declared ``f``, or ``None`` (not proven, or a built-in rule whose bound is
+        in :data:`privfl.testing.robustness.KAPPA`). A rule that returns a number gets the κ property
+        tests of ``tests/test_robust_aggregators.py`` with no edit to the tests."""
+        return None
 
 
 class PreAggregator(ABC):
