@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -54,3 +55,18 @@ def clip_rows(x: Tensor, clip_norm: float) -> Tensor:
     norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
     factor = torch.clamp(clip_norm / norms.clamp_min(torch.finfo(x.dtype).tiny), max=1.0)
     return x * factor
+
+
+
+class CoordinateOutcomes:
+    """``report_outcomes`` of a per-coordinate mechanism (RQM, PBM): every coordinate of the integer
+    reports is one outcome of ``output_pmf`` (of that coordinate's input); no public randomness.
+    ``report_what`` names the reports in errors."""
+
+    report_what: ClassVar[str] = "outcome indices"
+
+    def report_outcomes(self, reports: Tensor) -> tuple[Tensor, None]:
+        if not isinstance(reports, Tensor) or reports.is_floating_point():
+            got = reports.dtype if isinstance(reports, Tensor) else type(reports).__name__
+            raise TypeError(f"reports must be an integer tensor of {self.report_what}, got {got}")
+        return reports.reshape(-1).to(torch.int64), None

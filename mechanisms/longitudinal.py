@@ -52,6 +52,7 @@ from torch import Tensor
 from privfl.accounting.analysis import pmf_pure_epsilon
 from privfl.core import PrivacyGuarantee
 from privfl.mechanisms.ldp import (
+    K_SMALL,
     FrequencyOracle,
     _guarantee,
     bernoulli_bits,
@@ -133,6 +134,12 @@ def first_report_epsilon_grr(eps_inf: float, eps_1: float, d: int, calibration: 
     p1 = math.exp(eps_inf) / (math.exp(eps_inf) + d - 1)
     same, other = grr_chain(p1, instantaneous_grr_p(eps_inf, eps_1, d, calibration), d)
     return math.log(same / other)
+
+
+#: Declared parameters the memoizing protocols share (one declaration each; used in their ``param_space``).
+EPS_INF = Real(0, None, lo_open=True, log=True, typical=(0.2, 6.0))
+EPS_1 = Real(0, Ref("eps_inf"), lo_open=True, hi_open=True, log=True, typical=(0.05, 6.0), optional=True)
+CALIBRATION = Choice("paper", "exact")
 
 
 # --------------------------------------------------------------------------------------------
@@ -329,9 +336,9 @@ class LGRR(LongitudinalOracle):
     name = "l-grr"
     param_space = {
         "k": Int(2, None, typical=(2, 12)),
-        "eps_inf": Real(0, None, lo_open=True, log=True, typical=(0.2, 6.0)),
-        "eps_1": Real(0, Ref("eps_inf"), lo_open=True, hi_open=True, log=True, typical=(0.05, 6.0), optional=True),
-        "calibration": Choice("paper", "exact"),
+        "eps_inf": EPS_INF,
+        "eps_1": EPS_1,
+        "calibration": CALIBRATION,
     }
 
     def __init__(self, k: int, eps_inf: float, eps_1: float | None = None, calibration: str = "paper"):
@@ -402,6 +409,12 @@ class LGRR(LongitudinalOracle):
 class _LongitudinalUE(LongitudinalOracle):
     """Permanent UE ``(p1, q1)`` memoized per (user, value), packed 8 bits per byte; instantaneous
     SUE ``(p2, q2 = 1 − p2)`` on the memoized vector. Reports: ``[n, k]`` uint8 bit vectors."""
+
+    param_space = {  # L-OSUE and RAPPOR
+        "k": K_SMALL,
+        "eps_inf": EPS_INF,
+        "eps_1": EPS_1,
+    }
 
     p1: float
     q1: float
@@ -505,11 +518,6 @@ class LOSUE(_LongitudinalUE):
     ``p2 = (1 − q1 − 1/(e^{eps_1} + 1)) / (1 − 2 q1)`` (equal to the paper's closed form)."""
 
     name = "l-osue"
-    param_space = {
-        "k": Int(2, None, typical=(2, 8)),
-        "eps_inf": Real(0, None, lo_open=True, log=True, typical=(0.2, 6.0)),
-        "eps_1": Real(0, Ref("eps_inf"), lo_open=True, hi_open=True, log=True, typical=(0.05, 6.0), optional=True),
-    }
 
     def __init__(self, k: int, eps_inf: float, eps_1: float | None = None):
         self._init(k, eps_inf, eps_1)
@@ -528,11 +536,6 @@ class RAPPOR(_LongitudinalUE):
     (``k`` bits, one per category)."""
 
     name = "rappor"
-    param_space = {
-        "k": Int(2, None, typical=(2, 8)),
-        "eps_inf": Real(0, None, lo_open=True, log=True, typical=(0.2, 6.0)),
-        "eps_1": Real(0, Ref("eps_inf"), lo_open=True, hi_open=True, log=True, typical=(0.05, 6.0), optional=True),
-    }
 
     def __init__(self, k: int, eps_inf: float, eps_1: float | None = None):
         self._init(k, eps_inf, eps_1)
@@ -568,7 +571,7 @@ class DBitFlipPM(LongitudinalOracle):
     public_key = "sampled"
     param_space = {
         "k": Int(2, None, typical=(2, 10)),
-        "eps_inf": Real(0, None, lo_open=True, log=True, typical=(0.2, 6.0)),
+        "eps_inf": EPS_INF,
         "d": Int(1, Ref("k"), typical=(1, 4)),
     }
 

@@ -38,10 +38,11 @@ __all__ = ["PBM"]
 
 
 @register("mechanism", "pbm")
-class PBM(Mechanism):
+class PBM(_checks.CoordinateOutcomes, Mechanism):
     """Poisson Binomial Mechanism (Chen, Özgür, Kairouz 2022): Z ~ Binomial(m, 1/2 + θx/c) per coordinate."""
 
     name = "pbm"
+    report_what = "counts from PBM.privatize"  # report_outcomes: each coordinate's count Z
     unbiased = True
     param_space = {
         "c": Real(0, None, lo_open=True, log=True, typical=(0.1, 10.0)),
@@ -62,12 +63,6 @@ class PBM(Mechanism):
         """Exact pmf of Z over 0..m for the scalar input ``x`` (clipped to [−c, c])."""
         x = float(np.clip(_checks.number("x", x), -self.c, self.c))
         return binom.pmf(np.arange(self.m + 1), self.m, self.success_probability(x))
-
-    def report_outcomes(self, reports: Tensor) -> tuple[Tensor, None]:
-        """Every coordinate's count Z is one outcome of :meth:`output_pmf` (of that coordinate's input)."""
-        if not isinstance(reports, Tensor) or reports.is_floating_point():
-            raise ValueError("reports must be an integer tensor of counts from PBM.privatize")
-        return reports.reshape(-1).to(torch.int64), None
 
     def privatize(
         self, x: Tensor, *, generator: torch.Generator | None = None, client_ids: Tensor | None = None

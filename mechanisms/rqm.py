@@ -56,7 +56,7 @@ def index_dtype(num_levels: int) -> torch.dtype:
 
 
 @register("mechanism", "rqm")
-class RQM(Mechanism):
+class RQM(_checks.CoordinateOutcomes, Mechanism):
     """Randomized Quantization Mechanism (Youn et al. 2023) with clip range ``c``, range extension
     ``delta`` (Δ > 0), ``m`` levels and interior keep probability ``q``.
 
@@ -64,6 +64,7 @@ class RQM(Mechanism):
     """
 
     name = "rqm"
+    report_what = "level indices from RQM.privatize"  # report_outcomes: each coordinate's level
     unbiased = True
     param_space = {
         "c": Real(0, None, lo_open=True, log=True, typical=(0.1, 10.0)),
@@ -109,12 +110,6 @@ class RQM(Mechanism):
                 pmf[b] += w * up
                 pmf[a] += w * (1.0 - up)
         return pmf
-
-    def report_outcomes(self, reports: Tensor) -> tuple[Tensor, None]:
-        """Every coordinate's level index is one outcome of :meth:`output_pmf` (of that coordinate's input)."""
-        if not isinstance(reports, Tensor) or reports.is_floating_point():
-            raise ValueError("reports must be an integer tensor of level indices from RQM.privatize")
-        return reports.reshape(-1).to(torch.int64), None
 
     # ------------------------------------------------------------------ the mechanism
     def privatize(

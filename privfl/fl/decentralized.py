@@ -40,6 +40,7 @@ from torch.func import functional_call, grad, vmap
 from privfl.core import ByzantineAttack, DataPoisoningAttack, Mixing
 from privfl.data.base import Dataset
 from privfl.fl.local import LocalSGD, plan_batches
+from privfl.fl.rounds import run_rounds
 from privfl.fl.simulation import evaluate
 from privfl.flat import flatten, layout_of, load_flat, supports_vmap, unflatten, unflatten_batch
 from privfl.registry import make
@@ -349,11 +350,4 @@ class DecentralizedSimulation:
         self, rounds: int, *, on_round: Callable[[DecentralizedRecord], Any] | None = None
     ) -> list[DecentralizedRecord]:
         """Run ``rounds`` rounds (continuing from the last one run); returns the full history."""
-        if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
-            raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
-        first = len(self.history)
-        for t in range(first, first + rounds):
-            rec = self.step(t)
-            if on_round is not None:
-                on_round(rec)
-        return self.history
+        return run_rounds(self.step, self.history, rounds, on_round)

@@ -64,6 +64,7 @@ from privfl.core import (
 )
 from privfl.data.base import Dataset
 from privfl.fl.local import LocalSGD, plan_batches, sampling_rates, train_loop, train_vmap
+from privfl.fl.rounds import run_rounds
 from privfl.flat import flatten, layout_of, load_flat, supports_vmap, unflatten
 from privfl.registry import make
 from privfl.seeding import make_generator
@@ -498,11 +499,4 @@ class FederatedSimulation:
 
     def run(self, rounds: int, *, on_round: Callable[[RoundRecord], Any] | None = None) -> list[RoundRecord]:
         """Run ``rounds`` rounds (continuing from the last one run); returns the full history."""
-        if not isinstance(rounds, int) or rounds < 1:
-            raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
-        first = len(self.history)
-        for t in range(first, first + rounds):
-            rec = self.step(t)
-            if on_round is not None:
-                on_round(rec)
-        return self.history
+        return run_rounds(self.step, self.history, rounds, on_round)
