@@ -137,7 +137,8 @@ class Param:
         allowed = self.describe()
         if values and self.refs():
             known = {r: values[r] for r in self.refs() if values.get(r) is not None}
-            allowed += "".join(f", {r}={v!r}" for r, v in known.items())
+            if known:
+                allowed += " (with " + ", ".join(f"{r}={v!r}" for r, v in known.items()) + ")"
         raise error(f"{where}{name} must be {allowed}, got {type(value).__name__} {value!r}")
 
 

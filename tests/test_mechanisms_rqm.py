@@ -81,7 +81,7 @@ def test_rdp_monotone_and_below_pure():
 def test_delta_zero_rejected_and_validation():
     with pytest.raises(ValueError, match="delta"):
         RQM(c=1.0, delta=0.0)
-    with pytest.raises(ValueError, match="m must be an int"):
+    with pytest.raises(ValueError, match="m must be int"):
         RQM(m=1)
     with pytest.raises(ValueError, match="q must be"):
         RQM(q=0.0)
