@@ -28,8 +28,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from privfl.core import Observation
-from privfl.fl.local import supports_vmap
-from privfl.flat import ParamLayout, layout_of
+from privfl.flat import ParamLayout, layout_of, supports_vmap
 
 __all__ = [
     "Problem",

@@ -30,7 +30,7 @@ from scipy.stats import norm as _normal
 from torch import Tensor
 
 from privfl.core import ByzantineAttack, DataPoisoningAttack, check_updates
-from privfl.defenses._common import accumulation_dtype, pairwise_sq_distances
+from privfl.kernels import accumulation_dtype, pairwise_sq_distances
 from privfl.params import Choice, Int, Real
 from privfl.registry import register
 

@@ -28,6 +28,7 @@ class Mean(Aggregator):
     """
 
     name = "mean"
+    plain_mean = True
     param_space = {
         "f": Int(0, None, typical=(0, 3)),
     }

@@ -16,7 +16,7 @@ Three audits, each returning an :class:`AuditResult` (accounted ε, empirical lo
   confident canaries; ε lower bound from the number of correct guesses (their Corollary 5.4, δ term
   included).
 
-:func:`audit_spec_empirical` is ``privfl audit SPEC --empirical``: every configuration's mechanism, the
+:func:`audit_spec_empirical` is ``privfl audit SPEC``: every configuration's mechanism, the
 accounted ε of one release next to the empirical bounds, as a markdown table and a PNG.
 
 A correct mechanism must never show an empirical bound above its accounted ε (beyond the stated
@@ -556,7 +556,7 @@ def one_run_audit(
 
 
 # --------------------------------------------------------------------------------------------
-# `privfl audit SPEC --empirical`
+# `privfl audit SPEC`
 # --------------------------------------------------------------------------------------------
 def _fmt(v: float | None) -> str:
     if v is None:
@@ -594,7 +594,7 @@ def audit_spec_empirical(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> str:
-    """The ``privfl audit SPEC --empirical`` report: for every distinct mechanism configuration of
+    """The ``privfl audit SPEC`` report: for every distinct mechanism configuration of
     ``spec`` (mechanism, parameters, δ), the accounted ε of **one release** next to the empirical
     lower bounds — black-box (``trials`` per side) for every mechanism, plus the white-box canary
     audit (``trials``/10 per side, Clopper–Pearson and Gaussian-DP) and the one-run audit (1000

@@ -25,20 +25,20 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import torch
-
 from privfl import registry
 from privfl.evaluations.scenario import (
     Scenario,
     SpecError,
-    _load_dataset,
+    accuracy_summary,
     register_mode,
     resolve_device,
+    round_series,
+    seeded_setup,
+    train,
 )
 from privfl.fl.decentralized import DecentralizedRecord, DecentralizedSimulation
 from privfl.fl.local import LocalSGD
-from privfl.fl.partition import partition
-from privfl.seeding import derive_seed, make_generator
+from privfl.seeding import derive_seed
 
 __all__ = ["validate_decentralized", "run_decentralized", "build_decentralized"]
 
@@ -93,26 +93,12 @@ def _components(s: Scenario) -> dict[str, Any]:
 
 def build_decentralized(scenario: Scenario, seed: int) -> DecentralizedSimulation:
     """Everything the scenario names, built deterministically from ``seed``."""
-    device = resolve_device(scenario.device)
-    data = _load_dataset(scenario.dataset, scenario.dataset_params)
-    nodes = partition(
-        scenario.partition, data.y_train, scenario.num_clients,
-        generator=make_generator(seed, "partition"), **scenario.partition_params,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(seed, "model"))
-        model = registry.make(
-            "model", scenario.model, input_shape=data.input_shape, num_classes=data.num_classes, **scenario.model_params
-        )
-    byz: list[int] = []
-    if scenario.byzantine:
-        perm = torch.randperm(scenario.num_clients, generator=make_generator(seed, "byzantine-ids"))
-        byz = sorted(perm[: scenario.byzantine].tolist())
+    setup = seeded_setup(scenario, seed)
     parts = _components(scenario)
     return DecentralizedSimulation(
-        model=model,
-        dataset=data,
-        clients=nodes,
+        model=setup.model,
+        dataset=setup.data,
+        clients=setup.clients,
         local=LocalSGD(
             steps=scenario.local_steps, batch_size=scenario.batch_size, lr=scenario.lr,
             weight_decay=scenario.weight_decay,
@@ -120,13 +106,13 @@ def build_decentralized(scenario: Scenario, seed: int) -> DecentralizedSimulatio
         beta=scenario.node_momentum,
         mixing=parts["mixing"],
         graph=scenario.graph,  # type: ignore[arg-type]
-        byzantine_nodes=byz,
+        byzantine_nodes=setup.byzantine_ids,
         byzantine_attack=parts["byzantine_attack"],
         attack_on=scenario.decentralized_attack_on,  # type: ignore[arg-type]
         parallel=scenario.parallel,  # type: ignore[arg-type]
         eval_every=scenario.eval_every,
         seed=derive_seed(seed, "simulation"),
-        device=device,
+        device=setup.device,
     )
 
 
@@ -135,15 +121,10 @@ def run_decentralized(
     scenario: Scenario, seed: int, *, on_round: Callable[[DecentralizedRecord], Any] | None = None
 ) -> dict[str, Any]:
     """MoNNA with every slot the scenario names; accuracy and loss are means over honest nodes."""
-    start = time.perf_counter()
-    sim = build_decentralized(scenario, seed)
-    history = sim.run(scenario.rounds, on_round=on_round)
-    evaluated = [r for r in history if r.accuracy is not None]
-    final = evaluated[-1] if evaluated else None
+    start, sim, history = train(build_decentralized, scenario, seed, on_round)
+    final = next((r for r in reversed(history) if r.accuracy is not None), None)
     summary = {
-        "final_accuracy": final.accuracy if final else None,
-        "final_loss": final.loss if final else None,
-        "best_accuracy": max(r.accuracy for r in evaluated) if evaluated else None,
+        **accuracy_summary(history),
         "final_accuracy_min": final.accuracy_min if final else None,
         "final_consensus": history[-1].consensus,
         "wall_time_s": time.perf_counter() - start,
@@ -154,15 +135,7 @@ def run_decentralized(
         "device": str(sim.device),
         "parallel": "vmap" if sim._use_vmap else "loop",
     }
-    series = {
-        "round": [r.round + 1 for r in history],
-        "accuracy": [r.accuracy for r in history],
-        "loss": [r.loss for r in history],
-        "accuracy_min": [r.accuracy_min for r in history],
-        "accuracy_max": [r.accuracy_max for r in history],
-        "consensus": [r.consensus for r in history],
-        "byzantine": [r.byzantine for r in history],
-        "seconds": [r.seconds for r in history],
-    }
+    series = round_series(history, ("accuracy", "loss", "accuracy_min", "accuracy_max", "consensus", "byzantine",
+                                    "seconds"))
     summary["wall_time_s"] = time.perf_counter() - start
     return {"summary": summary, "series": series}

@@ -1,5 +1,5 @@
 """Privacy accounting in the harness: ε per round and in the summary, the privacy–utility plot and
-the accounting behind ``privfl audit``.
+the accounting behind ``privfl account``.
 
 Scenario fields (``# --- privacy accounting fields ---``):
 
@@ -73,7 +73,9 @@ def _validate(scenario: Scenario, where: str) -> None:
     if needed is not None and needed != scenario.protocol:
         raise SpecError(f"{where}.protocol: got {scenario.protocol!r}; mechanism {scenario.mechanism!r} "
                         f"needs {needed!r}")
-    if getattr(mech, "central", False) and (scenario.aggregator != "mean" or scenario.preaggregators):
+    if getattr(mech, "central", False) and (
+        scenario.preaggregators or not getattr(registry.get("aggregator", scenario.aggregator), "plain_mean", False)
+    ):
         raise SpecError(
             f"{where}.aggregator: got {scenario.aggregator!r} with preaggregators {scenario.preaggregators!r}; "
             f"mechanism {scenario.mechanism!r} is central (it aggregates: noise once on the sum), so allowed: "
@@ -158,7 +160,7 @@ register_extension(Extension(name="privacy", validate=_validate, configure=_conf
 
 
 # --------------------------------------------------------------------------------------------
-# `privfl audit`: ε per round without training
+# `privfl account`: ε per round without training
 # --------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class AuditRow:
@@ -348,7 +350,7 @@ def plot_privacy_utility(run_dir: str | Path, rows: list[Any]) -> list[Path]:
 
 
 # --------------------------------------------------------------------------------------------
-# `privfl audit SPEC`: the table (and PNG) for every configuration of a spec
+# `privfl account SPEC`: the table (and PNG) for every configuration of a spec
 # --------------------------------------------------------------------------------------------
 def _shown_rounds(rounds: int, limit: int = 20) -> list[int]:
     if rounds <= 30:
@@ -365,9 +367,9 @@ def _fmt(v: float | None) -> str:
     return f"{v:.4g}"
 
 
-def audit_spec(spec: Any, *, delta: float | None = None, png: str | Path | None = None,
+def account_spec(spec: Any, *, delta: float | None = None, png: str | Path | None = None,
                tables: str | Path | None = None) -> str:
-    """The ``privfl audit`` report: for each distinct federated configuration of ``spec``, ε(δ) per
+    """The ``privfl account`` report: for each distinct federated configuration of ``spec``, ε(δ) per
     round by RDP and by PLD side by side (no training). Returns a summary (one row per configuration: ε
     after its last round); with ``tables`` the full per-round tables go to that markdown file (without
     it they are appended to the summary). Writes a PNG of ε vs round when ``png``. Progress: one line per
@@ -386,7 +388,7 @@ def audit_spec(spec: Any, *, delta: float | None = None, png: str | Path | None 
         key = cell_id(cell.scenario, 0)
         if key not in seen:
             seen[key] = (cell.label, cell.scenario)
-    head = f"# privacy accounting of spec {spec.name!r} (accounting only, no training)"
+    head = f"# privacy accounting of spec {spec.name!r} (the accountant's ε, no training)"
     summary: list[str] = [head, "", "ε after the last round for the worst client (∞: no privatizing step with a "
                           "guarantee); per-round tables below or in the tables file.", "",
                           "| configuration | rounds | δ | ε (RDP) | ε (PLD) | accounting |",

@@ -26,6 +26,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from privfl import registry
 from privfl.evaluations.store import CellRow, Store, StoreError
 
 __all__ = ["write_report", "varying_fields", "register_plot", "PLOTS", "config_key", "experiment_key",
@@ -38,8 +39,10 @@ PLOTS: dict[str, Any] = {}
 
 
 def register_plot(name: str):
+    """Decorator: add ``fn(run_dir, rows) -> list[Path]`` to :data:`PLOTS` (a second, different plot of the
+    same name is a ``ValueError``)."""
     def deco(fn):
-        PLOTS[name] = fn
+        registry.add_unique(PLOTS, name, fn, "plot")
         return fn
 
     return deco

@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 
 from privfl import registry
 from privfl.fl.local import LocalSGD
-from privfl.fl.partition import PARTITIONS, partition
+from privfl.fl.partition import partition
 from privfl.fl.simulation import FederatedSimulation, RoundRecord
 from privfl.seeding import derive_seed, make_generator
 
@@ -36,6 +37,10 @@ __all__ = [
     "resolve_device",
     "cell_id",
     "register_mode",
+    "seeded_setup",
+    "accuracy_summary",
+    "train",
+    "round_series",
     "register_extension",
     "Extension",
 ]
@@ -259,8 +264,8 @@ class Scenario:
                 f"{where}.byzantine_attack: byzantine={self.byzantine} needs an attack name; "
                 f"allowed: {', '.join(registry.available('byzantine_attack')) or '(none registered)'}"
             )
-        if self.partition not in PARTITIONS:
-            raise bad("partition", ", ".join(sorted(PARTITIONS)))
+        if self.partition not in registry.available("partition"):
+            raise bad("partition", ", ".join(registry.available("partition")))
         self._check_component("dataset", "dataset", self.dataset, self.dataset_params, where)
         self._check_component(
             "model", "model", self.model, self.model_params, where, skip=("input_shape", "num_classes")
@@ -409,8 +414,21 @@ def _load_dataset(name: str, params: dict[str, Any]):
     return _DATASET_CACHE[key]
 
 
-def build_simulation(scenario: Scenario, seed: int) -> FederatedSimulation:
-    """Everything a scenario names, built deterministically from ``seed``."""
+@dataclass
+class SeededSetup:
+    """What every training mode builds first, from the scenario and the cell's seed."""
+
+    device: torch.device
+    data: Any
+    clients: list[Tensor]
+    model: nn.Module
+    byzantine_ids: list[int]
+
+
+def seeded_setup(scenario: Scenario, seed: int) -> SeededSetup:
+    """Dataset, partition, model and Byzantine ids, each from its own seed label (``"partition"``,
+    ``"model"``, ``"byzantine-ids"``): the federated and decentralized modes share this one function,
+    so a scenario's clients, initial model and adversaries are the same in both and reproduce."""
     device = resolve_device(scenario.device)
     data = _load_dataset(scenario.dataset, scenario.dataset_params)
     clients = partition(
@@ -429,6 +447,14 @@ def build_simulation(scenario: Scenario, seed: int) -> FederatedSimulation:
     if scenario.byzantine:
         perm = torch.randperm(scenario.num_clients, generator=make_generator(seed, "byzantine-ids"))
         byz_ids = sorted(perm[: scenario.byzantine].tolist())
+    return SeededSetup(device=device, data=data, clients=clients, model=model, byzantine_ids=byz_ids)
+
+
+def build_simulation(scenario: Scenario, seed: int) -> FederatedSimulation:
+    """Everything a scenario names, built deterministically from ``seed``."""
+    setup = seeded_setup(scenario, seed)
+    device, data, clients, model, byz_ids = (setup.device, setup.data, setup.clients, setup.model,
+                                             setup.byzantine_ids)
     parts = scenario.build_components(seed)
     kwargs: dict[str, Any] = dict(
         model=model,
@@ -481,9 +507,9 @@ def register_mode(name: str, *, validate: Callable[[Scenario, str], None] | None
     """
 
     def deco(fn: RunFn) -> RunFn:
-        MODES[name] = fn
+        registry.add_unique(MODES, name, fn, "mode")
         if validate is not None:
-            MODE_VALIDATORS[name] = validate
+            registry.add_unique(MODE_VALIDATORS, name, validate, "mode validator")
         return fn
 
     return deco
@@ -519,6 +545,12 @@ _extensions_loaded = False
 
 
 def register_extension(ext: Extension) -> Extension:
+    """Add ``ext`` (a second, different extension of the same name is a ``ValueError``)."""
+    existing = EXTENSIONS.get(ext.name)
+    hooks = ("validate", "configure", "finish")
+    if existing is not None and not all(registry.same_definition(getattr(existing, h), getattr(ext, h))
+                                        for h in hooks):
+        raise ValueError(f"extension {ext.name!r} is already registered by {existing!r}")
     EXTENSIONS[ext.name] = ext
     return ext
 
@@ -541,21 +573,41 @@ def run(scenario: Scenario, seed: int, *, on_round: Callable[[Any], Any] | None 
     return MODES[scenario.mode](scenario, seed, on_round=on_round)
 
 
+def train(build: Callable[[Scenario, int], Any], scenario: Scenario, seed: int,
+          on_round: Callable[[Any], Any] | None) -> tuple[float, Any, list[Any]]:
+    """``(start time, simulation, history)``: the simulation ``build(scenario, seed)`` run for the
+    scenario's rounds (every training mode starts this way)."""
+    start = time.perf_counter()
+    sim = build(scenario, seed)
+    return start, sim, sim.run(scenario.rounds, on_round=on_round)
+
+
+def round_series(history: list[Any], fields: tuple[str, ...]) -> dict[str, list[Any]]:
+    """Per-round series of a run: ``round`` (1-based), then each of ``fields`` read off the records."""
+    return {"round": [r.round + 1 for r in history], **{f: [getattr(r, f) for r in history] for f in fields}}
+
+
+def accuracy_summary(history: list[Any]) -> dict[str, Any]:
+    """``final_accuracy`` and ``final_loss`` (last evaluated round) and ``best_accuracy`` of a run's
+    history (records with ``accuracy``/``loss``, ``None`` on rounds not evaluated): every training mode."""
+    evaluated = [r for r in history if r.accuracy is not None]
+    final = evaluated[-1] if evaluated else None
+    return {
+        "final_accuracy": final.accuracy if final else None,
+        "final_loss": final.loss if final else None,
+        "best_accuracy": max(r.accuracy for r in evaluated) if evaluated else None,
+    }
+
+
 @register_mode("federated", validate=Scenario.validate_federated)
 def run_federated(
     scenario: Scenario, seed: int, *, on_round: Callable[[RoundRecord], Any] | None = None
 ) -> dict[str, Any]:
     """Server-based FL (FedSGD / FedAvg) with every slot the scenario names."""
-    start = time.perf_counter()
-    sim = build_simulation(scenario, seed)
-    history = sim.run(scenario.rounds, on_round=on_round)
-    evaluated = [r for r in history if r.accuracy is not None]
-    final = evaluated[-1] if evaluated else None
+    start, sim, history = train(build_simulation, scenario, seed, on_round)
     active = [r for r in history if r.participants]
     summary = {
-        "final_accuracy": final.accuracy if final else None,
-        "final_loss": final.loss if final else None,
-        "best_accuracy": max(r.accuracy for r in evaluated) if evaluated else None,
+        **accuracy_summary(history),
         "wall_time_s": time.perf_counter() - start,
         "bytes_per_client_round": (sum(r.bytes_per_client for r in active) / len(active)) if active else 0.0,
         "mean_participants": (sum(r.participants for r in history) / len(history)),
@@ -564,14 +616,7 @@ def run_federated(
         "parallel": "vmap" if sim._use_vmap else "loop",
         "diverged_round": None if sim.diverged_round is None else sim.diverged_round + 1,
     }
-    series = {
-        "round": [r.round + 1 for r in history],
-        "accuracy": [r.accuracy for r in history],
-        "loss": [r.loss for r in history],
-        "participants": [r.participants for r in history],
-        "byzantine": [r.byzantine for r in history],
-        "seconds": [r.seconds for r in history],
-    }
+    series = round_series(history, ("accuracy", "loss", "participants", "byzantine", "seconds"))
     for ext in EXTENSIONS.values():
         if ext.finish is not None:
             ext.finish(scenario, seed, sim, summary, series)

@@ -9,7 +9,7 @@ from privfl.mechanisms import compression as _compression  # noqa: F401  (regist
 from privfl.mechanisms import ddg as _ddg  # noqa: F401  (registers ddg)
 from privfl.mechanisms import dp_brem as _dp_brem  # noqa: F401  (registers dp-brem, dp-brem-plus)
 from privfl.mechanisms import fedrand as _fedrand  # noqa: F401  (registers fedrand: partial release)
-from privfl.mechanisms import gaussian as _gaussian  # noqa: F401  (registers gaussian)
+from privfl.mechanisms import gaussian as _gaussian  # noqa: F401  (registers gaussian, dp-fedavg)
 from privfl.mechanisms import ldp as _ldp  # noqa: F401  (registers grr, olh, oue, sue)
 from privfl.mechanisms import loloha as _loloha  # noqa: F401  (registers loloha, biloloha, ololoha)
 from privfl.mechanisms import longitudinal as _longitudinal  # noqa: F401  (l-grr, l-osue, rappor, dbitflippm)

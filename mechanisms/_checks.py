@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -92,3 +93,17 @@ def require_finite(x: Tensor, mechanism: str) -> None:
         rows = torch.nonzero(~torch.isfinite(x).all(dim=1)).flatten().tolist()
         raise ValueError(f"{mechanism}: x rows {rows[:10]} contain NaN or Inf; this mechanism's non-finite policy "
                          "is to raise (it cannot bound a faulty row without hiding it)")
+
+
+class CoordinateOutcomes:
+    """``report_outcomes`` of a per-coordinate mechanism (RQM, PBM): every coordinate of the integer
+    reports is one outcome of ``output_pmf`` (of that coordinate's input); no public randomness.
+    ``report_what`` names the reports in errors."""
+
+    report_what: ClassVar[str] = "outcome indices"
+
+    def report_outcomes(self, reports: Tensor) -> tuple[Tensor, None]:
+        if not isinstance(reports, Tensor) or reports.is_floating_point():
+            got = reports.dtype if isinstance(reports, Tensor) else type(reports).__name__
+            raise TypeError(f"reports must be an integer tensor of {self.report_what}, got {got}")
+        return reports.reshape(-1).to(torch.int64), None

@@ -1,19 +1,20 @@
 """The Gaussian mechanism for federated learning: client-level DP-FedAvg and local Gaussian noise.
 
-**Central (default), DP-FedAvg** — McMahan, Ramage, Talwar, Zhang, "Learning Differentially Private
-Recurrent Language Models", ICLR 2018. Each participating client's update is clipped to ℓ2 norm
-``clip_norm`` = S; the trusted server sums the clipped updates, adds N(0, (z·S)² I) once to the sum
-(z = ``noise_multiplier``) and divides by the *expected* number of participants q·N (the paper's
-fixed-denominator estimator, so the normaliser does not depend on who took part). Clients are
-Poisson-sampled at rate q by the simulation (``sampling="poisson"``), which amplifies the guarantee.
-Neighbouring = adding or removing one client's whole data (client-level DP); ℓ2 sensitivity of the
-sum is S, so one round is a Poisson-subsampled Gaussian release with noise multiplier z.
+**Central, DP-FedAvg** (``dp-fedavg``, or ``gaussian`` with ``local: false``) — McMahan, Ramage,
+Talwar, Zhang, "Learning Differentially Private Recurrent Language Models", ICLR 2018. Each
+participating client's update is clipped to ℓ2 norm ``clip_norm`` = S; the trusted server sums the
+clipped updates, adds N(0, (z·S)² I) once to the sum (z = ``noise_multiplier``) and divides by the
+*expected* number of participants q·N (the paper's fixed-denominator estimator, so the normaliser
+does not depend on who took part). Clients are Poisson-sampled at rate q by the simulation
+(``sampling="poisson"``), which amplifies the guarantee. Neighbouring = adding or removing one
+client's whole data (client-level DP); ℓ2 sensitivity of the sum is S, so one round is a
+Poisson-subsampled Gaussian release with noise multiplier z.
 
-**Local** (``local=True``) — every client adds N(0, (z·S)² I) to its own clipped update before sending
-it, so the server (or a curious observer) only ever sees noisy updates. Against the server this is
-a local guarantee: any two updates in the S-ball are neighbours, the sensitivity is the diameter 2S,
-so one report is a Gaussian release with noise multiplier z/2, and client sampling does not amplify
-it (the server knows who sent).
+**Local** (``gaussian`` with ``local: true``) — every client adds N(0, (z·S)² I) to its own clipped
+update before sending it, so the server (or a curious observer) only ever sees noisy updates.
+Against the server this is a local guarantee: any two updates in the S-ball are neighbours, the
+sensitivity is the diameter 2S, so one report is a Gaussian release with noise multiplier z/2, and
+client sampling does not amplify it (the server knows who sent).
 
 **Example-level DP-SGD inside a client** (Abadi et al., CCS 2016) is a client option of the
 simulation, not a mechanism: ``LocalSGD(dp_clip=R, dp_noise=σ)`` in :mod:`privfl.fl.local`
@@ -43,14 +44,20 @@ from privfl.params import Choice, Real
 from privfl.registry import register
 from privfl.secure_rng import add_gaussian, discrete_gaussian_guarantee
 
-__all__ = ["GaussianMechanism"]
+__all__ = ["GaussianMechanism", "DPFedAvg"]
+
+_ROLES = ("local=False (central DP-FedAvg: the server adds the noise to the sum in aggregate(); privatize() "
+          "only clips) or local=True (every client adds noise to its own update); or use the mechanism "
+          "'dp-fedavg' for the central role")
 
 
 @register("mechanism", "gaussian")
 class GaussianMechanism(Mechanism):
     """Clip each row to ``clip_norm``; Gaussian noise of std ``noise_multiplier·clip_norm`` on the sum
-    (central DP-FedAvg, default) or on every row (``local=True``). ``noise_multiplier=0`` clips only
-    (its guarantee is ``none``: ε = ∞)."""
+    (central DP-FedAvg, ``local=False``) or on every row (``local=True``). The role has no default:
+    a central Gaussian's ``privatize()`` only clips, so the caller must say which one is meant
+    (``dp-fedavg`` names the central role). ``noise_multiplier=0`` clips only (its guarantee is
+    ``none``: ε = ∞)."""
 
     name = "gaussian"
     supports_secure_rng = True
@@ -63,7 +70,10 @@ class GaussianMechanism(Mechanism):
         "local": Choice(False, True),
     }
 
-    def __init__(self, clip_norm: float = 1.0, noise_multiplier: float = 1.0, local: bool = False) -> None:
+    def __init__(self, clip_norm: float = 1.0, noise_multiplier: float = 1.0, local: bool | None = None) -> None:
+        if local is None:
+            raise ValueError(f"{self.name}: local is required (the noise is added by the server or by each "
+                             f"client); say {_ROLES}")
         self.clip_norm = _checks.number("clip_norm", clip_norm, lo=0.0)
         self.noise_multiplier = _checks.number("noise_multiplier", noise_multiplier, lo=0.0, lo_open=False)
         self.local = _checks.boolean("local", local)
@@ -144,5 +154,17 @@ class GaussianMechanism(Mechanism):
         )
 
     def __repr__(self) -> str:
-        return (f"GaussianMechanism(clip_norm={self.clip_norm}, noise_multiplier={self.noise_multiplier}, "
+        return (f"{type(self).__name__}(clip_norm={self.clip_norm}, noise_multiplier={self.noise_multiplier}, "
                 f"local={self.local})")
+
+
+@register("mechanism", "dp-fedavg")
+class DPFedAvg(GaussianMechanism):
+    """Client-level DP-FedAvg (McMahan et al., ICLR 2018): the central role of :class:`GaussianMechanism`.
+    Clients only clip; the trusted server adds N(0, (z·S)² I) to the sum of the clipped updates."""
+
+    name = "dp-fedavg"
+    param_space = {k: v for k, v in GaussianMechanism.param_space.items() if k != "local"}
+
+    def __init__(self, clip_norm: float = 1.0, noise_multiplier: float = 1.0) -> None:
+        super().__init__(clip_norm=clip_norm, noise_multiplier=noise_multiplier, local=False)

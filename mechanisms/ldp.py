@@ -53,6 +53,7 @@ __all__ = [
     "FrequencyOracle",
     "GRR",
     "OLH",
+    "HashedReports",
     "OUE",
     "SUE",
     "project_simplex",
@@ -354,6 +355,12 @@ def olh_default_g(eps: float) -> int:
 # --------------------------------------------------------------------------------------------
 # The frequency-oracle base class
 # --------------------------------------------------------------------------------------------
+#: Declared parameters the frequency oracles share (one declaration each; used in their ``param_space``).
+EPS = Real(0, None, lo_open=True, log=True, typical=(0.1, 6.0))
+K_SMALL = Int(2, None, typical=(2, 8))  # unary encodings: k bits per report
+K_HASHED = Int(2, HASH_PRIME, typical=(2, 12))  # hashed domains: values below the hash prime
+
+
 class FrequencyOracle(Mechanism):
     """A local randomizer for one category id per user, with its unbiased decoder.
 
@@ -446,7 +453,7 @@ class GRR(FrequencyOracle):
     name = "grr"
     param_space = {
         "k": Int(2, None, typical=(2, 12)),
-        "eps": Real(0, None, lo_open=True, log=True, typical=(0.1, 6.0)),
+        "eps": EPS,
     }
 
     def __init__(self, k: int, eps: float):
@@ -496,8 +503,46 @@ class GRR(FrequencyOracle):
 # --------------------------------------------------------------------------------------------
 # OLH
 # --------------------------------------------------------------------------------------------
+class HashedReports:
+    """Decoding shared by the hashed-domain oracles (OLH, LOLOHA): a report is ``(a, b, y)``, the public
+    hash seed and the reported hashed value ``y ∈ [g)``; a report supports every value ``v`` with
+    ``h_{a,b}(v) = y``. Needs ``k``, ``g`` and :meth:`support_probabilities` on the class."""
+
+    k: int
+    g: int
+
+    def _reports(self, reports: Tensor) -> Tensor:
+        reports = check_reports(reports, dim=2, width=3).to(torch.int64)
+        if int(reports[:, :2].min()) < 0 or int(reports[:, :2].max()) >= HASH_PRIME:
+            raise ValueError(f"reports[:, :2] must be hash seeds in [0, {HASH_PRIME})")
+        if int(reports[:, 2].min()) < 0 or int(reports[:, 2].max()) >= self.g:
+            raise ValueError(f"reports[:, 2] must be hashed values in [0, g) = [0, {self.g})")
+        return reports
+
+    def support_counts(self, reports: Tensor) -> Tensor:
+        reports = self._reports(reports)
+        return hash_support_counts(reports[:, :2], reports[:, 2], self.g, self.k)
+
+    def support_indicator(self, reports: Tensor) -> Tensor:
+        reports = self._reports(reports)
+        return hash_indicator(reports[:, :2], reports[:, 2], self.g, self.k)
+
+    def _hash_transition(self, seed: tuple[int, int], p: float, q: float) -> np.ndarray:
+        """``[k, g]``: ``p`` where ``y = h_seed(v)``, ``q`` elsewhere (a GRR_g after the public hash)."""
+        a, b = seed
+        h = ((a * np.arange(self.k, dtype=object) + b) % HASH_PRIME * self.g // HASH_PRIME).astype(np.int64)
+        m = np.full((self.k, self.g), q)
+        m[np.arange(self.k), h] = p
+        return m
+
+    def report_outcomes(self, reports: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The hashed report ``y`` given the (user's) public hash seed ``(a, b)``."""
+        reports = self._reports(reports)
+        return reports[:, 2], reports[:, :2]
+
+
 @register("mechanism", "olh")
-class OLH(FrequencyOracle):
+class OLH(HashedReports, FrequencyOracle):
     """Optimized local hashing (Wang, Blocki, Li, Jha, USENIX Security 2017).
 
     Each user draws ``(a, b)`` (its hash function ``H``, see the module docstring) and reports
@@ -510,8 +555,8 @@ class OLH(FrequencyOracle):
     name = "olh"
     public_key = "seed"
     param_space = {
-        "k": Int(2, HASH_PRIME, typical=(2, 12)),
-        "eps": Real(0, None, lo_open=True, log=True, typical=(0.1, 6.0)),
+        "k": K_HASHED,
+        "eps": EPS,
         "g": Int(2, HASH_PRIME, typical=(2, 8), optional=True),
     }
 
@@ -534,37 +579,12 @@ class OLH(FrequencyOracle):
         y = grr_perturb(hash_values(seeds, values, self.g), self.g, self.p, generator)
         return torch.cat([seeds, y[:, None]], dim=1)
 
-    def _reports(self, reports: Tensor) -> Tensor:
-        reports = check_reports(reports, dim=2, width=3)
-        if int(reports[:, :2].min()) < 0 or int(reports[:, :2].max()) >= HASH_PRIME:
-            raise ValueError(f"reports[:, :2] must be hash seeds in [0, {HASH_PRIME})")
-        if int(reports[:, 2].min()) < 0 or int(reports[:, 2].max()) >= self.g:
-            raise ValueError(f"reports[:, 2] must be hashed values in [0, g) = [0, {self.g})")
-        return reports.to(torch.int64)
-
     def support_probabilities(self) -> tuple[float, float]:
         return self.p, self.collision * self.p + (1 - self.collision) * self.q
 
-    def support_counts(self, reports: Tensor) -> Tensor:
-        reports = self._reports(reports)
-        return hash_support_counts(reports[:, :2], reports[:, 2], self.g, self.k)
-
-    def support_indicator(self, reports: Tensor) -> Tensor:
-        reports = self._reports(reports)
-        return hash_indicator(reports[:, :2], reports[:, 2], self.g, self.k)
-
     def transition_matrix(self, *, seed: tuple[int, int] = (1, 0), **public: Any) -> np.ndarray:
         """``[k, g]``: P(y | v) given the (public) hash function ``seed = (a, b)``."""
-        a, b = seed
-        h = ((a * np.arange(self.k, dtype=object) + b) % HASH_PRIME * self.g // HASH_PRIME).astype(np.int64)
-        m = np.full((self.k, self.g), self.q)
-        m[np.arange(self.k), h] = self.p
-        return m
-
-    def report_outcomes(self, reports: Tensor) -> tuple[Tensor, Tensor | None]:
-        """The hashed report ``y`` given the public hash seed ``(a, b)``."""
-        reports = self._reports(reports)
-        return reports[:, 2], reports[:, :2]
+        return self._hash_transition(seed, self.p, self.q)
 
     def guarantee(self) -> PrivacyGuarantee:
         P, Q = grr_pmf_pair(self.p, self.q, self.g, self.collision)
@@ -648,8 +668,8 @@ class OUE(_UnaryEncoding):
 
     name = "oue"
     param_space = {
-        "k": Int(2, None, typical=(2, 8)),
-        "eps": Real(0, None, lo_open=True, log=True, typical=(0.1, 6.0)),
+        "k": K_SMALL,
+        "eps": EPS,
     }
 
     def __init__(self, k: int, eps: float):
@@ -667,8 +687,8 @@ class SUE(_UnaryEncoding):
 
     name = "sue"
     param_space = {
-        "k": Int(2, None, typical=(2, 8)),
-        "eps": Real(0, None, lo_open=True, log=True, typical=(0.1, 6.0)),
+        "k": K_SMALL,
+        "eps": EPS,
     }
 
     def __init__(self, k: int, eps: float):

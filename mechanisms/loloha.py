@@ -33,33 +33,34 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from privfl.accounting.analysis import pmf_pure_epsilon
 from privfl.core import PrivacyGuarantee
 from privfl.mechanisms.ldp import (
     HASH_PRIME,
+    K_HASHED,
+    HashedReports,
     _guarantee,
     check_g,
     check_k,
-    check_reports,
     draw_hash_seeds,
     grr_perturb,
     grr_pmf_pair,
     hash_collision_probability,
-    hash_indicator,
-    hash_support_counts,
     hash_values,
 )
 from privfl.mechanisms.longitudinal import (
+    CALIBRATION,
+    EPS_1,
+    EPS_INF,
     LongitudinalOracle,
-    UserState,
     check_calibration,
     check_eps_pair,
     grr_chain,
     instantaneous_grr_p,
 )
-from privfl.params import Choice, Int, Real, Ref
+from privfl.mechanisms.user_state import UserState
+from privfl.params import Int
 from privfl.registry import register
 
 __all__ = ["LOLOHA", "BiLOLOHA", "OLOLOHA", "optimal_g"]
@@ -89,7 +90,7 @@ def optimal_g(eps_inf: float, alpha: float) -> int:
 
 
 @register("mechanism", "loloha")
-class LOLOHA(LongitudinalOracle):
+class LOLOHA(HashedReports, LongitudinalOracle):
     """LOLOHA (Arcolezi et al., EDBT 2023) with hashed domain size ``g`` (module docstring).
 
     ``eps_1`` defaults to ``0.4 · eps_inf`` (the paper's α); ``g`` defaults to OLOLOHA's optimum.
@@ -98,11 +99,11 @@ class LOLOHA(LongitudinalOracle):
     name = "loloha"
     public_key = "seed"
     param_space = {
-        "k": Int(2, HASH_PRIME, typical=(2, 12)),
-        "eps_inf": Real(0, None, lo_open=True, log=True, typical=(0.2, 6.0)),
-        "eps_1": Real(0, Ref("eps_inf"), lo_open=True, hi_open=True, log=True, typical=(0.05, 6.0), optional=True),
+        "k": K_HASHED,
+        "eps_inf": EPS_INF,
+        "eps_1": EPS_1,
         "g": Int(2, HASH_PRIME, typical=(2, 8), optional=True),
-        "calibration": Choice("paper", "exact"),
+        "calibration": CALIBRATION,
     }
     public_width = 2
 
@@ -147,39 +148,14 @@ class LOLOHA(LongitudinalOracle):
     def budget_bound(self) -> float:
         return min(self.g, self.k) * self.eps_inf
 
-    # -- decoding ---------------------------------------------------------------------------
-    def _reports(self, reports: Tensor) -> Tensor:
-        reports = check_reports(reports, dim=2, width=3).to(torch.int64)
-        if int(reports[:, :2].min()) < 0 or int(reports[:, :2].max()) >= HASH_PRIME:
-            raise ValueError(f"reports[:, :2] must be hash seeds in [0, {HASH_PRIME})")
-        if int(reports[:, 2].min()) < 0 or int(reports[:, 2].max()) >= self.g:
-            raise ValueError(f"reports[:, 2] must be hashed values in [0, g) = [0, {self.g})")
-        return reports
-
+    # -- decoding (reports, supports and outcomes: privfl.mechanisms.ldp.HashedReports) -------
     def support_probabilities(self) -> tuple[float, float]:
         return self.same, self.collision * self.same + (1 - self.collision) * self.other
 
-    def support_counts(self, reports: Tensor) -> Tensor:
-        reports = self._reports(reports)
-        return hash_support_counts(reports[:, :2], reports[:, 2], self.g, self.k)
-
-    def support_indicator(self, reports: Tensor) -> Tensor:
-        reports = self._reports(reports)
-        return hash_indicator(reports[:, :2], reports[:, 2], self.g, self.k)
-
     def transition_matrix(self, *, stage: str = "report", seed: tuple[int, int] = (1, 0), **public: Any) -> np.ndarray:
         """``[k, g]`` P(output | value) for the hash ``seed = (a, b)``: permanent response or first report."""
-        a, b = seed
-        h = ((a * np.arange(self.k, dtype=object) + b) % HASH_PRIME * self.g // HASH_PRIME).astype(np.int64)
         p, q = (self.p1, self.q1) if stage == "permanent" else (self.same, self.other)
-        m = np.full((self.k, self.g), q)
-        m[np.arange(self.k), h] = p
-        return m
-
-    def report_outcomes(self, reports: Tensor) -> tuple[Tensor, Tensor | None]:
-        """The hashed report ``y`` given the user's public hash seed ``(a, b)``."""
-        reports = self._reports(reports)
-        return reports[:, 2], reports[:, :2]
+        return self._hash_transition(seed, p, q)
 
     def guarantee(self) -> PrivacyGuarantee:
         P, Q = grr_pmf_pair(self.same, self.other, self.g, self.collision)
@@ -199,12 +175,7 @@ class BiLOLOHA(LOLOHA):
     """BiLOLOHA: LOLOHA with ``g = 2`` (Arcolezi et al., EDBT 2023); spends at most ``2 · eps_inf``."""
 
     name = "biloloha"
-    param_space = {
-        "k": Int(2, HASH_PRIME, typical=(2, 12)),
-        "eps_inf": Real(0, None, lo_open=True, log=True, typical=(0.2, 6.0)),
-        "eps_1": Real(0, Ref("eps_inf"), lo_open=True, hi_open=True, log=True, typical=(0.05, 6.0), optional=True),
-        "calibration": Choice("paper", "exact"),
-    }
+    param_space = {k: v for k, v in LOLOHA.param_space.items() if k != "g"}
 
     def __init__(self, k: int, eps_inf: float, eps_1: float | None = None, calibration: str = "paper"):
         super().__init__(k, eps_inf, eps_1, g=2, calibration=calibration)
@@ -215,12 +186,7 @@ class OLOLOHA(LOLOHA):
     """OLOLOHA: LOLOHA with the paper's variance-optimal ``g`` (:func:`optimal_g`)."""
 
     name = "ololoha"
-    param_space = {
-        "k": Int(2, HASH_PRIME, typical=(2, 12)),
-        "eps_inf": Real(0, None, lo_open=True, log=True, typical=(0.2, 6.0)),
-        "eps_1": Real(0, Ref("eps_inf"), lo_open=True, hi_open=True, log=True, typical=(0.05, 6.0), optional=True),
-        "calibration": Choice("paper", "exact"),
-    }
+    param_space = {k: v for k, v in LOLOHA.param_space.items() if k != "g"}
 
     def __init__(self, k: int, eps_inf: float, eps_1: float | None = None, calibration: str = "paper"):
         super().__init__(k, eps_inf, eps_1, g=None, calibration=calibration)

@@ -54,10 +54,11 @@ def _pbm_sum_guarantee(n: int, m: int, theta: float, c: float) -> PrivacyGuarant
 
 
 @register("mechanism", "pbm")
-class PBM(Mechanism):
+class PBM(_checks.CoordinateOutcomes, Mechanism):
     """Poisson Binomial Mechanism (Chen, Özgür, Kairouz 2022): Z ~ Binomial(m, 1/2 + θx/c) per coordinate."""
 
     name = "pbm"
+    report_what = "counts from PBM.privatize"  # report_outcomes: each coordinate's count Z
     unbiased = True  # for the input clamped to [−c, c] (estimand)
     nonfinite = "zero"  # a NaN/±Inf row becomes the zero vector before clamping, counted in nonfinite_replaced
     param_space = {
@@ -84,12 +85,6 @@ class PBM(Mechanism):
         """Exact pmf of Z over 0..m for the scalar input ``x`` (clipped to [−c, c])."""
         x = float(np.clip(_checks.number("x", x), -self.c, self.c))
         return binom.pmf(np.arange(self.m + 1), self.m, self.success_probability(x))
-
-    def report_outcomes(self, reports: Tensor) -> tuple[Tensor, None]:
-        """Every coordinate's count Z is one outcome of :meth:`output_pmf` (of that coordinate's input)."""
-        if not isinstance(reports, Tensor) or reports.is_floating_point():
-            raise ValueError("reports must be an integer tensor of counts from PBM.privatize")
-        return reports.reshape(-1).to(torch.int64), None
 
     def privatize(
         self, x: Tensor, *, generator: torch.Generator | None = None, client_ids: Tensor | None = None

@@ -73,7 +73,7 @@ def index_dtype(num_levels: int) -> torch.dtype:
 
 
 @register("mechanism", "rqm")
-class RQM(Mechanism):
+class RQM(_checks.CoordinateOutcomes, Mechanism):
     """Randomized Quantization Mechanism (Youn et al. 2023) with clip range ``c``, range extension
     ``delta`` (Δ > 0), ``m`` levels and interior keep probability ``q``.
 
@@ -81,6 +81,7 @@ class RQM(Mechanism):
     """
 
     name = "rqm"
+    report_what = "level indices from RQM.privatize"  # report_outcomes: each coordinate's level
     supports_secure_rng = True
     rng = "seeded"  # privfl.secure_rng.with_rng(mech, "secure") for deployment
     unbiased = True  # for the input clamped to [−c, c] (estimand)
@@ -134,12 +135,6 @@ class RQM(Mechanism):
                 pmf[b] += w * up
                 pmf[a] += w * (1.0 - up)
         return pmf
-
-    def report_outcomes(self, reports: Tensor) -> tuple[Tensor, None]:
-        """Every coordinate's level index is one outcome of :meth:`output_pmf` (of that coordinate's input)."""
-        if not isinstance(reports, Tensor) or reports.is_floating_point():
-            raise ValueError("reports must be an integer tensor of level indices from RQM.privatize")
-        return reports.reshape(-1).to(torch.int64), None
 
     # ------------------------------------------------------------------ the mechanism
     def privatize(

@@ -4,10 +4,11 @@
 no SPEC runs the bundled default. ``privfl report RUN_DIR`` rewrites the tables and plots.
 ``privfl run ... --backend ray [--address A] [--cpus-per-cell N] [--gpus-per-cell F] [--retries R]``
 runs the cells on Ray instead of the local pool (``evaluations/ray_backend.py``, extra ``privfl[ray]``).
-``privfl list [KIND]`` shows the registered components. ``privfl audit SPEC [--delta D] [--png PATH]``
-prints ε per round for each configuration's mechanism, sampling and rounds (RDP and PLD side by
-side) without training; with ``--empirical [--trials N]`` it attacks each configuration's mechanism
-instead and prints the accounted ε of one release next to empirical lower bounds (``evaluations/audit.py``).
+``privfl list [KIND]`` shows the registered components. ``privfl account SPEC [--delta D] [--png PATH]``
+prints the accountant's ε per round for each configuration's mechanism, sampling and rounds (RDP and
+PLD side by side) without training. ``privfl audit [SPEC] [--delta D] [--trials N] [--png PATH]``
+attacks each configuration's mechanism and prints the accounted ε of one release next to empirical
+lower bounds (``evaluations/audit.py``; no SPEC audits the bundled ``dp_audit``).
 
 Exit codes: 0 success; 2 bad input (the reason on stderr: which field, what it got, what is
 allowed); 1 an internal error or a failed cell (recorded in the run's report).
@@ -88,18 +89,23 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--retries", type=_int_at_least(0), help="ray: re-runs of a cell whose worker died (1)")
     p_report = sub.add_parser("report", help="write results.md, results.csv and plots for a run directory")
     p_report.add_argument("run_dir", type=Path)
-    p_audit = sub.add_parser("audit", help="ε per round for each configuration of a spec (RDP and PLD, no training)")
-    p_audit.add_argument("spec", help="a YAML spec file or a bundled spec name")
+    p_account = sub.add_parser("account", help="the accountant's ε per round for each configuration of a spec "
+                                                 "(RDP and PLD, no training)")
+    p_account.add_argument("spec", help="a YAML spec file or a bundled spec name")
+    p_account.add_argument("--delta", type=_delta, help="δ for every configuration (default: each scenario's delta)")
+    p_account.add_argument("--png", type=Path, help="also write a plot of ε vs round to this PNG")
+    p_account.add_argument("--tables", type=Path,
+                           help="where the per-round ε tables go (default: results/<spec name>/epsilon_per_round.md); "
+                                "the terminal gets one summary row per configuration")
+    p_audit = sub.add_parser("audit", help="empirical privacy audit: attack each configuration's mechanism, "
+                                           "accounted ε of one release next to empirical lower bounds")
+    p_audit.add_argument("spec", nargs="?", default="dp_audit",
+                         help="a YAML spec file or a bundled spec name (default: 'dp_audit')")
     p_audit.add_argument("--delta", type=_delta, help="δ for every configuration (default: each scenario's delta)")
-    p_audit.add_argument("--png", type=Path, help="also write a plot of ε vs round to this PNG")
-    p_audit.add_argument("--tables", type=Path,
-                         help="where the per-round ε tables go (default: results/<spec name>/epsilon_per_round.md); "
-                              "the terminal gets one summary row per configuration")
-    p_audit.add_argument("--empirical", action="store_true",
-                         help="attack each configuration's mechanism instead: accounted ε of one release next to "
-                              "empirical lower bounds (black-box; canary and one-run for central mechanisms)")
+    p_audit.add_argument("--png", type=Path, help="also write a bar chart of the bounds to this PNG")
+    p_audit.add_argument("--empirical", action="store_true", help=argparse.SUPPRESS)  # the old spelling: a no-op
     p_audit.add_argument("--trials", type=_trials, default=500_000,
-                         help="--empirical: black-box trials per side (default 500000)")
+                         help="black-box trials per side (default 500000)")
     p_list = sub.add_parser("list", help="list registered components")
     p_list.add_argument("kind", nargs="?", help=f"one of: {', '.join(registry.KINDS)}")
     return parser
@@ -180,26 +186,31 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_audit(args: argparse.Namespace) -> int:
-    from privfl.evaluations.privacy import audit_spec
+def _cmd_account(args: argparse.Namespace) -> int:
+    from privfl.evaluations.privacy import account_spec
     from privfl.evaluations.scenario import SpecError
     from privfl.evaluations.spec import load_spec
 
     if args.png is not None and not args.png.parent.is_dir():
         raise SpecError(f"--png: directory {str(args.png.parent)!r} does not exist")
-
-    if args.empirical:
-        from privfl.evaluations.audit import audit_spec_empirical
-
-        print(audit_spec_empirical(load_spec(args.spec), delta=args.delta, png=args.png, trials=args.trials))
-        return EXIT_OK
     spec = load_spec(args.spec)
     spec.validate()  # bad input fails before any folder is created
     tables = args.tables if args.tables is not None else Path("results") / spec.name / "epsilon_per_round.md"
     if tables.is_dir():
         raise SpecError(f"--tables: {str(tables)!r} is a directory; allowed: a file path")
     _writable_dir(tables.parent, "--tables")
-    print(audit_spec(spec, delta=args.delta, png=args.png, tables=tables))
+    print(account_spec(spec, delta=args.delta, png=args.png, tables=tables))
+    return EXIT_OK
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from privfl.evaluations.audit import audit_spec_empirical
+    from privfl.evaluations.scenario import SpecError
+    from privfl.evaluations.spec import load_spec
+
+    if args.png is not None and not args.png.parent.is_dir():
+        raise SpecError(f"--png: directory {str(args.png.parent)!r} does not exist")
+    print(audit_spec_empirical(load_spec(args.spec), delta=args.delta, png=args.png, trials=args.trials))
     return EXIT_OK
 
 
@@ -263,7 +274,8 @@ def _setup_logging() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler = {"run": _cmd_run, "report": _cmd_report, "list": _cmd_list, "audit": _cmd_audit}[args.command]
+    handler = {"run": _cmd_run, "report": _cmd_report, "list": _cmd_list, "account": _cmd_account,
+               "audit": _cmd_audit}[args.command]
     _setup_logging()
     try:
         return handler(args)

@@ -1,4 +1,4 @@
-"""The contracts every privfl component follows (see ARCHITECTURE.md).
+"""The contracts every privfl component follows (see docs/ARCHITECTURE.md).
 
 A round's client updates are the rows of one tensor ``U`` of shape ``[n, d]``. Mechanisms,
 aggregators and Byzantine attacks work on such tensors, keep the caller's dtype and device and
@@ -8,6 +8,8 @@ never modify their input. Components are small objects with one contract each; t
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -17,6 +19,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from privfl import params
 
 __all__ = [
     "PrivacyGuarantee",
@@ -86,9 +90,44 @@ class PrivacyGuarantee:
 
 
 # --------------------------------------------------------------------------------------------
+# Components: parameters validated from their declaration
+# --------------------------------------------------------------------------------------------
+def _validated_init(cls: type, init: Callable[..., None]) -> Callable[..., None]:
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        # only the most derived constructor checks: a parent's, called through super(), gets values the
+        # subclass already checked (or derived itself)
+        if next(c for c in type(self).__mro__ if "__init__" in c.__dict__) is cls:
+            bound = signature.bind(self, *args, **kwargs)
+            explicit = {k: v for k, v in list(bound.arguments.items())[1:] if k not in ("args", "kwargs")}
+            params.check_all(type(self), explicit)
+        init(self, *args, **kwargs)
+
+    return __init__
+
+
+class Component:
+    """Base of every contract below: a subclass's constructor arguments are checked against its declared
+    ``param_space`` (:func:`privfl.params.check_all`) before its ``__init__`` runs — one validation path
+    and one error style for every component: ``TypeError`` for a wrong type, ``ValueError`` for a value
+    out of range, the message naming the component, the parameter, what is allowed and what it got.
+    Arguments left at their default are the constructor's own business (e.g. ``None`` = "choose")."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None and not getattr(init, "_privfl_validated", False):
+            wrapped = _validated_init(cls, init)
+            wrapped._privfl_validated = True  # type: ignore[attr-defined]
+            cls.__init__ = wrapped  # type: ignore[method-assign]
+
+
+# --------------------------------------------------------------------------------------------
 # Mechanisms
 # --------------------------------------------------------------------------------------------
-class Mechanism(ABC):
+class Mechanism(Component, ABC):
     """A local randomizer with its decoder and its guarantee (like a ``torch.distributions``
     object: validated parameters, ``privatize`` draws, ``guarantee`` exposes the analysis).
 
@@ -209,7 +248,7 @@ def check_updates(updates: Tensor, *, name: str = "updates", min_rows: int = 1) 
         raise ValueError(f"{name} must have at least {min_rows} row(s), got {updates.shape[0]}")
 
 
-class Aggregator(ABC):
+class Aggregator(Component, ABC):
     """A server aggregation rule ``[n, d] -> [d]`` with a declared number ``f`` of faulty inputs.
 
     Rules are unweighted, never modify their input, keep dtype and device, and validate their
@@ -218,6 +257,9 @@ class Aggregator(ABC):
 
     name: ClassVar[str] = "aggregator"
     f: int = 0
+    #: True only for the plain unweighted mean of the rows: the one rule a central mechanism's
+    #: ``aggregate()`` (noise on the sum) may stand in for. The simulation reads this, not the class.
+    plain_mean: ClassVar[bool] = False
 
     @abstractmethod
     def __call__(self, updates: Tensor) -> Tensor: ...
@@ -225,8 +267,15 @@ class Aggregator(ABC):
     def reset(self) -> None:
         """Forget any state kept between calls (stateless rules: nothing to do)."""
 
+    def kappa(self, n: int) -> float | None:
+        """The (f, κ)-robustness coefficient (Allouah et al., AISTATS 2023) the rule is proven to meet at
+        ``n`` inputs with its declared ``f``, or ``None`` (not proven, or a built-in rule whose bound is
+        in :data:`privfl.testing.robustness.KAPPA`). A rule that returns a number gets the κ property
+        tests of ``tests/test_robust_aggregators.py`` with no edit to the tests."""
+        return None
 
-class PreAggregator(ABC):
+
+class PreAggregator(Component, ABC):
     """A transform ``[n, d] -> [m, d]`` applied before any :class:`Aggregator` (NNM, bucketing)."""
 
     name: ClassVar[str] = "preaggregator"
@@ -236,7 +285,7 @@ class PreAggregator(ABC):
     def __call__(self, updates: Tensor, *, generator: torch.Generator | None = None) -> Tensor: ...
 
 
-class Mixing(ABC):
+class Mixing(Component, ABC):
     """Decentralized mixing ``[n, d] -> [n, d]``: one output per node (e.g. MoNNA's NNA)."""
 
     name: ClassVar[str] = "mixing"
@@ -313,7 +362,7 @@ class Reconstruction:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class PrivacyAttack(ABC):
+class PrivacyAttack(Component, ABC):
     """``attack(observation) -> Reconstruction``; uses nothing beyond what the observation grants."""
 
     name: ClassVar[str] = "privacy_attack"
@@ -328,7 +377,7 @@ class PrivacyAttack(ABC):
 BYZANTINE_KNOWLEDGE = ("omniscient", "own-data", "public")
 
 
-class ByzantineAttack(ABC):
+class ByzantineAttack(Component, ABC):
     """Model poisoning: ``rows [h, d] -> malicious [f, d]``.
 
     ``knowledge`` declares what the attack reads, and the simulation hands it exactly that:
@@ -345,7 +394,7 @@ class ByzantineAttack(ABC):
     def __call__(self, honest: Tensor, f: int, *, generator: torch.Generator | None = None) -> Tensor: ...
 
 
-class DataPoisoningAttack(ABC):
+class DataPoisoningAttack(Component, ABC):
     """Data poisoning as a client-side transform: malicious clients train honestly on poisoned data."""
 
     name: ClassVar[str] = "data_poisoning"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ParamLayout", "layout_of", "flatten", "unflatten", "unflatten_batch", "load_flat"]
+__all__ = ["ParamLayout", "layout_of", "flatten", "unflatten", "unflatten_batch", "load_flat", "supports_vmap"]
 
 
 @dataclass(frozen=True)
@@ -127,3 +127,10 @@ def load_flat(model: nn.Module, vec: Tensor, layout: ParamLayout) -> nn.Module:
             raise ValueError(f"model has no parameter or buffer named {name!r}")
         tensors[name].copy_(value)
     return model
+
+
+def supports_vmap(model: nn.Module) -> bool:
+    """False for models whose training-mode forward mutates buffers (BatchNorm running stats)."""
+    return not any(
+        isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.track_running_stats for mod in model.modules()
+    )

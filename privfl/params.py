@@ -45,6 +45,8 @@ __all__ = [
     "boundary_values",
     "params_strategy",
     "order",
+    "check",
+    "check_all",
 ]
 
 Bound = "float | int | Ref | None"
@@ -117,6 +119,28 @@ class Param:
         """Valid values at the closed ends of the range (the constructor must accept them)."""
         return []
 
+    def has_type(self, value: Any) -> bool:
+        """``value`` has the parameter's type (its range aside); ``None`` only when ``optional``."""
+        raise NotImplementedError
+
+    def check(self, name: str, value: Any, values: Mapping[str, Any] | None = None, *, owner: str | None = None
+              ) -> Any:
+        """``value`` if allowed, else ``TypeError`` (wrong type) or ``ValueError`` (out of range). The message
+        always reads ``"<owner>: <name> must be <allowed>, got <type> <value>"``."""
+        if self.has_type(value):
+            if self.contains(value, values):
+                return value
+            error: type[Exception] = ValueError
+        else:
+            error = TypeError
+        where = f"{owner}: " if owner else ""
+        allowed = self.describe()
+        if values and self.refs():
+            known = {r: values[r] for r in self.refs() if values.get(r) is not None}
+            if known:
+                allowed += " (with " + ", ".join(f"{r}={v!r}" for r, v in known.items()) + ")"
+        raise error(f"{where}{name} must be {allowed}, got {type(value).__name__} {value!r}")
+
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -136,6 +160,9 @@ class Real(Param):
 
     def refs(self) -> tuple[str, ...]:
         return _refs(self.lo, self.hi)
+
+    def has_type(self, value: Any) -> bool:
+        return _is_number(value) or (value is None and self.optional)
 
     def bounds(self, values: Mapping[str, Any]) -> tuple[float, float]:
         lo, hi = _resolve(self.lo, values, lower=True), _resolve(self.hi, values, lower=False)
@@ -225,6 +252,9 @@ class Int(Param):
     def refs(self) -> tuple[str, ...]:
         return _refs(self.lo, self.hi)
 
+    def has_type(self, value: Any) -> bool:
+        return (isinstance(value, int) and not isinstance(value, bool)) or (value is None and self.optional)
+
     def bounds(self, values: Mapping[str, Any]) -> tuple[float, float]:
         lo, hi = _resolve(self.lo, values, lower=True), _resolve(self.hi, values, lower=False)
         return (-math.inf if lo is None else lo), (math.inf if hi is None else hi)
@@ -295,6 +325,9 @@ class Choice(Param):
             return self.optional
         return any(value == o and type(value) is type(o) for o in self.options)
 
+    def has_type(self, value: Any) -> bool:
+        return any(type(value) is type(o) for o in self.options) or (value is None and self.optional)
+
     def describe(self) -> str:
         return "one of " + ", ".join(map(repr, self.options)) + (" or None" if self.optional else "")
 
@@ -350,6 +383,32 @@ def order(space: Mapping[str, Param]) -> list[str]:
         if not progressed:
             raise ValueError(f"param_space has circular references among {pending}")
     return done
+
+
+def _owner(component: Any) -> str:
+    return str(getattr(component, "name", None) or (component if isinstance(component, type) else type(component)
+                                                     ).__name__)
+
+
+def check(component: Any, name: str, value: Any, **others: Any) -> Any:
+    """Validate one constructor argument of ``component`` (a class or instance) against its declared
+    ``param_space[name]``: the one validation path of privfl's components. ``others`` are the values of
+    parameters that ``name``'s bounds refer to (``Ref``). Returns ``value``; raises ``TypeError`` for a
+    wrong type and ``ValueError`` for a value out of range, naming the component, the parameter, the
+    allowed values and what it got."""
+    space = space_of(component)
+    if space is None or name not in space:
+        raise KeyError(f"{_owner(component)} declares no parameter {name!r} in its param_space")
+    return space[name].check(name, value, others, owner=_owner(component))
+
+
+def check_all(component: Any, values: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`check` every declared parameter present in ``values`` (referenced ones first)."""
+    space = space_of(component) or {}
+    for name in order(space):
+        if name in values:
+            space[name].check(name, values[name], values, owner=_owner(component))
+    return dict(values)
 
 
 def example_params(space: Mapping[str, Param], overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -23,11 +23,13 @@ KINDS = (
     "byzantine_attack",
     "dataset",
     "model",
+    "partition",
 )
 
 _REGISTRY: dict[str, dict[str, Callable[..., Any]]] = {kind: {} for kind in KINDS}
 _BUILTIN_MODULES = (
     "privfl.data",
+    "privfl.fl.partition",
     "privfl.models",
     "privfl.defenses",
     "privfl.mechanisms",
@@ -43,19 +45,31 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"unknown kind {kind!r}; valid kinds: {', '.join(KINDS)}")
 
 
+def add_unique(table: dict[str, Any], name: str, value: Any, what: str) -> None:
+    """``table[name] = value``, refusing a second, different entry under the same name (``ValueError``).
+    The same object — or the same qualified name from the same module, as when a module is imported
+    again — replaces the entry. Every registry of privfl (components, evaluation modes, extensions,
+    plots) registers through this one rule."""
+    existing = table.get(name)
+    if existing is not None and not same_definition(existing, value):
+        raise ValueError(f"{what} {name!r} is already registered by {existing!r}")
+    table[name] = value
+
+
+def same_definition(a: Any, b: Any) -> bool:
+    """``a is b``, or both defined by the same qualified name in the same module (a re-imported module)."""
+    if a is b:
+        return True
+    qa, qb = getattr(a, "__qualname__", None), getattr(b, "__qualname__", None)
+    return qa is not None and qa == qb and getattr(a, "__module__", None) == getattr(b, "__module__", None)
+
+
 def register(kind: str, name: str) -> Callable[[F], F]:
     """Class/function decorator: make ``factory`` available as ``make(kind, name, ...)``."""
     _check_kind(kind)
 
     def deco(factory: F) -> F:
-        existing = _REGISTRY[kind].get(name)
-        if existing is not None and existing is not factory:
-            same = getattr(existing, "__qualname__", None) == getattr(factory, "__qualname__", None) and (
-                getattr(existing, "__module__", None) == getattr(factory, "__module__", None)
-            )
-            if not same:
-                raise ValueError(f"{kind} {name!r} is already registered by {existing!r}")
-        _REGISTRY[kind][name] = factory
+        add_unique(_REGISTRY[kind], name, factory, kind)
         return factory
 
     return deco

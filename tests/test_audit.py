@@ -27,8 +27,8 @@ from privfl.mechanisms.gaussian import GaussianMechanism
 Z_EPS2 = 1.9938124456435444  # noise multiplier whose exact ε(1e-5) is 2 (one Gaussian release)
 
 
-def gaussian(z=Z_EPS2, **kw):
-    return registry.make("mechanism", "gaussian", clip_norm=1.0, noise_multiplier=z, **kw)
+def gaussian(z=Z_EPS2, local=False):
+    return registry.make("mechanism", "gaussian", clip_norm=1.0, noise_multiplier=z, local=local)
 
 
 # ---- deliberately broken mechanisms ------------------------------------------------------------
@@ -73,7 +73,7 @@ def test_accounted_epsilon_and_default_pairs():
 @pytest.mark.parametrize(
     "name, params, trials",
     [
-        ("gaussian", {"clip_norm": 1.0, "noise_multiplier": Z_EPS2}, 50_000),
+        ("dp-fedavg", {"clip_norm": 1.0, "noise_multiplier": Z_EPS2}, 50_000),
         ("gaussian", {"clip_norm": 1.0, "noise_multiplier": 2.0, "local": True}, 50_000),
         ("grr", {"k": 4, "eps": 2.0}, 50_000),
         ("rqm", {"c": 1.0, "delta": 1.0, "m": 5, "q": 0.5}, 50_000),
@@ -136,12 +136,13 @@ def test_canary_and_one_run_of_correct_gaussian_stay_below_accounted():
 
 # ---- broken mechanisms are caught ---------------------------------------------------------------
 def test_half_noise_gaussian_is_caught():
-    broken = HalfNoiseGaussian(clip_norm=1.0, noise_multiplier=Z_EPS2)
+    broken = HalfNoiseGaussian(clip_norm=1.0, noise_multiplier=Z_EPS2, local=False)
     r = black_box_audit(broken, trials=50_000)
     assert r.epsilon_accounted == pytest.approx(2.0, abs=1e-6) and r.exceeds and r.ratio > 1.1
     c = canary_audit(broken, trials=20_000)
     assert c.epsilon_gdp_lower > c.epsilon_accounted and c.epsilon_lower > c.epsilon_accounted
-    assert not black_box_audit(GaussianMechanism(clip_norm=1.0, noise_multiplier=Z_EPS2), trials=50_000).exceeds
+    good = GaussianMechanism(clip_norm=1.0, noise_multiplier=Z_EPS2, local=False)
+    assert not black_box_audit(good, trials=50_000).exceeds
 
 
 def test_laplace_with_half_scale_is_caught():
@@ -267,13 +268,13 @@ def test_cli_audit_empirical(tmp_path, capsys):
     spec.write_text(
         "name: audit-test\nbase: {rounds: 2, num_clients: 6, model_params: {hidden: [8]}}\n"
         "grid:\n  - cases:\n"
-        "      - {label: dpfedavg, mechanism: gaussian, mechanism_params: {noise_multiplier: 1.9938124}}\n"
+        "      - {label: dpfedavg, mechanism: dp-fedavg, mechanism_params: {noise_multiplier: 1.9938124}}\n"
         "      - {label: rqm, mechanism: rqm}\n"
         "  - {mode: [analytics], analytics_users: [100], cases: [{label: grr, mechanism: grr, "
         "mechanism_params: {k: 3, eps: 1.0}}]}\n"
     )
     png = tmp_path / "audit.png"
-    assert main(["audit", str(spec), "--empirical", "--trials", "2000", "--png", str(png)]) == 0
+    assert main(["audit", str(spec), "--trials", "2000", "--png", str(png)]) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert len(rows) == 5  # gaussian: black-box, canary, one-run; rqm and grr: black-box
@@ -283,22 +284,24 @@ def test_cli_audit_empirical(tmp_path, capsys):
         assert 0 <= lower <= accounted and ratio == pytest.approx(lower / accounted, abs=2e-3)
     assert {"black-box", "canary (white-box)", "one-run"} <= {row.split("|")[3].strip() for row in rows}
     assert png.stat().st_size > 1000
-    # the plain audit is unchanged, and bad input exits 2
-    assert main(["audit", str(spec), "--tables", str(tmp_path / "t.md")]) == 0
+    # accounting is `privfl account`; the old `--empirical` spelling still audits; bad input exits 2
+    assert main(["account", str(spec), "--tables", str(tmp_path / "t.md")]) == 0
     assert "ε (RDP)" in capsys.readouterr().out
+    assert main(["audit", str(spec), "--empirical", "--trials", "2000"]) == 0
+    assert "empirical ε (lower bound)" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exc:
-        main(["audit", str(spec), "--empirical", "--trials", "3"])
+        main(["audit", str(spec), "--trials", "3"])
     assert exc.value.code == 2
 
 
 def test_bundled_audit_spec_validates():
     from privfl.evaluations.spec import load_spec
 
-    spec = load_spec("audit")
+    spec = load_spec("dp_audit")
     mechs = {c.scenario.mechanism for c in spec.validate()}
-    assert mechs == {"gaussian", "rqm", "grr", "loloha"}
+    assert mechs == {"dp-fedavg", "gaussian", "rqm", "grr", "loloha"}
     for cell in spec.validate():
         if cell.label.startswith("DP-FedAvg eps="):
             eps = float(cell.label.split("=")[1])
-            mech = registry.make("mechanism", "gaussian", **cell.scenario.mechanism_params)
+            mech = registry.make("mechanism", "dp-fedavg", **cell.scenario.mechanism_params)
             assert accounted_epsilon(mech, cell.scenario.delta) == pytest.approx(eps, abs=1e-6)

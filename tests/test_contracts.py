@@ -45,6 +45,7 @@ NOT_COVERED = {
     "label_strategy": "label strategies are functions of an Observation; tests/test_privacy_attacks.py",
     "dataset": "datasets load files or generate data; tests/test_datasets.py",
     "model": "models are torch modules; tests/test_models.py",
+    "partition": "partitions are functions of labels; tests/test_partition.py",
 }
 
 COMPONENTS = [(kind, name) for kind in CONTRACT_KINDS for name in privfl.available(kind)]

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chi2, ks_2samp, kstest
 
+import privfl
 from privfl.accounting import PrivacyLedger, gaussian_guarantee
 from privfl.flat import ParamLayout
 from privfl.mechanisms.compression import FP16, Quantize, TopK
@@ -31,7 +32,7 @@ def gen(seed: int = 0) -> torch.Generator:
 # Gaussian
 # --------------------------------------------------------------------------------------------
 def test_central_gaussian_clips_and_noises_the_sum_once():
-    mech = GaussianMechanism(clip_norm=1.0, noise_multiplier=2.0)
+    mech = GaussianMechanism(clip_norm=1.0, noise_multiplier=2.0, local=False)
     x = torch.tensor([[3.0, 4.0], [0.3, 0.4]])
     clipped = mech.privatize(x, generator=gen())
     assert torch.allclose(clipped, torch.tensor([[0.6, 0.8], [0.3, 0.4]]))  # central: no client noise
@@ -43,7 +44,7 @@ def test_central_gaussian_clips_and_noises_the_sum_once():
     assert chi2.ppf(5e-5, 8000) < stat < chi2.ppf(1 - 5e-5, 8000)
     # Byzantine rows are clipped by the server too
     byz = torch.tensor([[100.0, 0.0]])
-    quiet = GaussianMechanism(clip_norm=1.0, noise_multiplier=0.0)
+    quiet = GaussianMechanism(clip_norm=1.0, noise_multiplier=0.0, local=False)
     assert torch.allclose(quiet.aggregate(clipped, byzantine=byz, expected_rows=3.0),
                           (clipped.sum(0) + torch.tensor([1.0, 0.0])) / 3.0)
 
@@ -59,12 +60,22 @@ def test_local_gaussian_guarantee_uses_the_diameter():
 
 def test_gaussian_validation_and_zero_noise_has_no_guarantee():
     with pytest.raises(ValueError, match="clip_norm"):
-        GaussianMechanism(clip_norm=0.0)
+        GaussianMechanism(clip_norm=0.0, local=True)
     with pytest.raises(ValueError, match="noise_multiplier"):
-        GaussianMechanism(noise_multiplier=-1.0)
+        GaussianMechanism(noise_multiplier=-1.0, local=False)
     with pytest.raises(TypeError, match="local"):
         GaussianMechanism(local="yes")  # type: ignore[arg-type]
-    assert not GaussianMechanism(noise_multiplier=0.0).guarantee().is_private
+    assert not GaussianMechanism(noise_multiplier=0.0, local=False).guarantee().is_private
+
+
+def test_gaussian_role_is_explicit():
+    # the central role's privatize() only clips: `gaussian` without `local` must not silently pick it
+    with pytest.raises(ValueError, match="local is required.*dp-fedavg"):
+        privfl.make("mechanism", "gaussian", clip_norm=1.0, noise_multiplier=1.0)
+    central = privfl.make("mechanism", "dp-fedavg", clip_norm=1.0, noise_multiplier=2.0)
+    assert central.central and not central.local and central.name == "dp-fedavg"
+    assert central.guarantee().noise_multiplier == 2.0
+    assert "local" not in privfl.registry.parameters("mechanism", "dp-fedavg")
 
 
 @settings(max_examples=8, deadline=None)

@@ -224,7 +224,7 @@ def test_shards_unaligned_bound_and_sizes():
         (lambda y: shards(y, 2, 0, generator=gen(0)), ValueError, "shards_per_client"),
         (lambda y: shards(y, 2, 1.5, generator=gen(0)), TypeError, "shards_per_client"),
         (lambda y: shards(y, 7, 3, generator=gen(0)), ValueError, "shards_per_client"),
-        (lambda y: partition("pathological", y, 2, generator=gen(0)), ValueError, "iid, dirichlet, shards"),
+        (lambda y: partition("pathological", y, 2, generator=gen(0)), ValueError, "names: dirichlet, iid, shards"),
         (lambda y: partition("iid", y, 2, generator=gen(0), alpha=1.0), ValueError, "alpha"),
         (lambda y: partition("dirichlet", y, 2, generator=gen(0)), ValueError, "missing.*alpha"),
         (lambda y: partition("shards", y, 2, generator=gen(0), shard=2), ValueError, "shards_per_client=2"),

@@ -47,13 +47,13 @@ def sim(ds, rounds=3, n=6, **kw):
 # --------------------------------------------------------------------------------------------
 def test_central_gaussian_without_noise_and_clipping_is_fedavg(ds):
     plain = sim(ds, seed=1)
-    quiet = sim(ds, seed=1, mechanism=privfl.make("mechanism", "gaussian", clip_norm=1e6, noise_multiplier=0.0))
+    quiet = sim(ds, seed=1, mechanism=privfl.make("mechanism", "dp-fedavg", clip_norm=1e6, noise_multiplier=0.0))
     assert torch.allclose(plain.weights, quiet.weights, atol=1e-6)
     assert all(r.epsilon == math.inf for r in quiet.history)
 
 
 def test_central_gaussian_update_is_clipped_sum_over_expected_count(ds):
-    mech = privfl.make("mechanism", "gaussian", clip_norm=0.01, noise_multiplier=1e-9)
+    mech = privfl.make("mechanism", "dp-fedavg", clip_norm=0.01, noise_multiplier=1e-9)
     s = sim(ds, rounds=1, seed=2, mechanism=mech, sampling="poisson", sample_rate=0.5)
     w0 = flatten(model(ds), s.layout)
     step = s.weights - w0
@@ -64,7 +64,7 @@ def test_central_gaussian_update_is_clipped_sum_over_expected_count(ds):
 
 
 def test_epsilon_per_round_matches_the_subsampled_gaussian(ds):
-    mech = privfl.make("mechanism", "gaussian", clip_norm=1.0, noise_multiplier=1.1)
+    mech = privfl.make("mechanism", "dp-fedavg", clip_norm=1.0, noise_multiplier=1.1)
     s = sim(ds, rounds=4, seed=3, mechanism=mech, sampling="poisson", sample_rate=0.3)
     eps = [r.epsilon for r in s.history]
     for t, e in enumerate(eps):
@@ -75,7 +75,7 @@ def test_epsilon_per_round_matches_the_subsampled_gaussian(ds):
 
 
 def test_empty_poisson_round_still_releases_noise(ds):
-    mech = privfl.make("mechanism", "gaussian", clip_norm=1.0, noise_multiplier=1.0)
+    mech = privfl.make("mechanism", "dp-fedavg", clip_norm=1.0, noise_multiplier=1.0)
     s = FederatedSimulation(model(ds), ds, clients_of(ds, 3), mechanism=mech, sampling="poisson",
                             sample_rate=0.05, eval_every=1000, seed=0)
     before = s.weights.clone()
@@ -97,7 +97,7 @@ class Median(Aggregator):
 
 def test_central_mechanism_requires_the_mean(ds):
     with pytest.raises(ValueError, match="central"):
-        FederatedSimulation(model(ds), ds, clients_of(ds), mechanism=privfl.make("mechanism", "gaussian"),
+        FederatedSimulation(model(ds), ds, clients_of(ds), mechanism=privfl.make("mechanism", "dp-fedavg"),
                             aggregator=Median())
 
 
@@ -189,7 +189,7 @@ BASE = dict(num_clients=6, rounds=2, local_steps=2, model_params={"hidden": [16]
 
 
 def test_results_carry_epsilon(ds):
-    dp = run(Scenario(**BASE, mechanism="gaussian", mechanism_params={"clip_norm": 1.0, "noise_multiplier": 1.0},
+    dp = run(Scenario(**BASE, mechanism="dp-fedavg", mechanism_params={"clip_norm": 1.0, "noise_multiplier": 1.0},
                       sampling="poisson", sample_rate=0.5, accounting="both"), seed=0)
     s = dp["summary"]
     assert 0 < s["epsilon"] == s["epsilon_rdp"] and s["epsilon_pld"] < s["epsilon_rdp"]
@@ -208,7 +208,7 @@ def test_results_carry_epsilon(ds):
         ({"accounting": "prv"}, "accounting"),
         ({"dp_noise": 1.0}, "dp_clip"),
         ({"mechanism": "dp-brem"}, "protocol"),
-        ({"mechanism": "gaussian", "aggregator": "median"}, "aggregator"),
+        ({"mechanism": "dp-fedavg", "aggregator": "median"}, "aggregator"),
     ],
 )
 def test_scenario_validation_names_the_field(fields, name):
@@ -220,11 +220,11 @@ def test_audit_command(tmp_path, capsys):
     spec = tmp_path / "audit.yaml"
     spec.write_text(
         "name: audit-test\nbase: {rounds: 3, num_clients: 6, model_params: {hidden: [16]}}\n"
-        "grid:\n  - {mechanism: [gaussian], sampling: [poisson], sample_rate: [0.5]}\n  - {mechanism: [fp16]}\n"
+        "grid:\n  - {mechanism: [dp-fedavg], sampling: [poisson], sample_rate: [0.5]}\n  - {mechanism: [fp16]}\n"
     )
     png = tmp_path / "eps.png"
     tables = tmp_path / "tables.md"
-    assert main(["audit", str(spec), "--delta", "1e-6", "--png", str(png), "--tables", str(tables)]) == 0
+    assert main(["account", str(spec), "--delta", "1e-6", "--png", str(png), "--tables", str(tables)]) == 0
     summary = capsys.readouterr().out
     assert len(summary.splitlines()) < 15 and str(tables) in summary  # a summary; the full tables in the file
     out = tables.read_text()
@@ -233,15 +233,15 @@ def test_audit_command(tmp_path, capsys):
     assert f"| 3 | {expected:.4g} |" in out
     assert "ε = ∞ in every round" in out and "| ∞ | ∞ |" in summary  # fp16: no guarantee
     with pytest.raises(SystemExit) as exc:  # argparse usage errors exit 2, as every command does
-        main(["audit", str(spec), "--delta", "2"])
+        main(["account", str(spec), "--delta", "2"])
     assert exc.value.code == 2 and "--delta" in capsys.readouterr().err
-    spec.write_text("base: {rounds: 3, mechanism: gaussian, mechanism_params: {clip_norm: -1}}\n")
-    assert main(["audit", str(spec)]) == 2
+    spec.write_text("base: {rounds: 3, mechanism: dp-fedavg, mechanism_params: {clip_norm: -1}}\n")
+    assert main(["account", str(spec)]) == 2
     assert "clip_norm" in capsys.readouterr().err
 
 
 def test_ledger_is_public_on_the_simulation(ds):
     ledger = PrivacyLedger()
     ledger.record(gaussian_guarantee(1.0), count=1)
-    s = sim(ds, rounds=1, ledger=ledger, mechanism=privfl.make("mechanism", "gaussian", noise_multiplier=1.0))
+    s = sim(ds, rounds=1, ledger=ledger, mechanism=privfl.make("mechanism", "dp-fedavg", noise_multiplier=1.0))
     assert s.ledger is ledger and len(ledger.events) == 2

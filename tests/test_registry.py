@@ -174,7 +174,8 @@ def test_mean_rejects_non_finite_row(bad):
 
 @pytest.mark.parametrize("f", [-1, 0.0, 1.5, True, "0"])
 def test_mean_rejects_invalid_f(f):
-    with pytest.raises(ValueError, match="f must be"):
+    # one error style: a wrong type is a TypeError, a negative count a ValueError
+    with pytest.raises(ValueError if f == -1 else TypeError, match="mean: f must be int in"):
         privfl.make("aggregator", "mean", f=f)
 
 
@@ -195,3 +196,27 @@ def test_mean_rejects_bad_shapes():
         agg(torch.zeros(0, 3))
     with pytest.raises(TypeError):
         agg(torch.zeros(2, 3, dtype=torch.int64))
+
+
+def test_every_registry_rejects_a_second_definition_of_a_name():
+    from privfl.evaluations import report, scenario
+
+    scenario.load_extensions()
+    existing_mode = next(iter(scenario.MODES))
+    with pytest.raises(ValueError, match=f"mode {existing_mode!r} is already registered"):
+        scenario.register_mode(existing_mode)(lambda s, seed, on_round=None: {})
+    with pytest.raises(ValueError, match="extension 'privacy' is already registered"):
+        scenario.register_extension(scenario.Extension(name="privacy"))
+    name = next(iter(report.PLOTS))
+    with pytest.raises(ValueError, match=f"plot {name!r} is already registered"):
+        report.register_plot(name)(lambda run_dir, rows: [])
+    with pytest.raises(ValueError, match="partition 'iid' is already registered"):
+        registry.register("partition", "iid")(lambda labels, num_clients, *, generator: [])
+
+
+def test_partitions_are_registered_components():
+    assert {"iid", "dirichlet", "shards"} <= set(privfl.available("partition"))
+    with pytest.raises(ValueError, match="unknown partition 'stripes'; valid partition names: dirichlet, iid"):
+        from privfl.fl.partition import partition
+
+        partition("stripes", torch.zeros(10, dtype=torch.int64), 2, generator=torch.Generator())

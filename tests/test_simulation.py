@@ -565,8 +565,10 @@ def test_bad_local_settings_and_rounds(ds):
     with pytest.raises(ValueError, match="momentum"):
         LocalSGD(momentum=1.0)
     sim = FederatedSimulation(make_model(ds), ds, split(ds, 2))
-    with pytest.raises(ValueError, match="rounds"):
+    with pytest.raises(ValueError, match="rounds must be int in \\[1, inf\\], got int 0"):
         sim.run(0)
+    with pytest.raises(TypeError, match="rounds must be int in .*got bool True"):  # one check for both simulations
+        sim.run(True)
 
 
 def test_divergence_is_recorded_not_raised(ds):

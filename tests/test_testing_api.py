@@ -263,13 +263,19 @@ class LooseSpace(Aggregator):
     name = "loose"
     param_space = {"f": Int(0, None), "tau": Real(0, 10, lo_open=True)}
 
-    def __init__(self, f: int = 0, tau: float = 1.0):
-        if not isinstance(f, int) or f < 0:
-            raise ValueError("bad value")
-        self.f, self.tau = f, tau
-
     def __call__(self, updates):
         return updates.mean(dim=0)
+
+
+def _loose_init(self, f: int = 0, tau: float = 1.0):
+    if not isinstance(f, int) or f < 0:
+        raise ValueError("bad value")
+    self.f, self.tau = f, tau
+
+
+# assigned after the class is made, so it bypasses the declared-space validation of privfl.core.Component
+# (what a component that does not subclass the contracts looks like to check_contract)
+LooseSpace.__init__ = _loose_init
 
 
 class Undeclared(Aggregator):

@@ -62,7 +62,7 @@ from privfl.accounting.pld import has_pld, pld_epsilon
 from privfl.core import PrivacyGuarantee
 
 __all__ = ["PrivacyEvent", "PrivacyLedger", "METHODS", "NOT_A_GUARANTEE", "VoidedGuaranteeError",
-           "threat_model_warning"]
+           "threat_model_warning", "epsilon_after"]
 
 NOT_A_GUARANTEE = "not a DP guarantee: Byzantine clients read honest updates"
 
@@ -427,3 +427,13 @@ class PrivacyLedger:
     def __repr__(self) -> str:
         return f"PrivacyLedger({self._num_records} events, {len(self._components)} distinct releases, " \
                f"{int(self._seen.sum())} clients with local events)"
+
+
+def epsilon_after(
+    guarantee: PrivacyGuarantee, rounds: int, *, sampling_rate: float = 1.0, delta: float = 1e-5,
+    method: str = "rdp", central: bool = True,
+) -> float:
+    """ε(δ) after ``rounds`` releases of ``guarantee`` (central at ``sampling_rate``, or local for one client)."""
+    ledger = PrivacyLedger()
+    ledger.record(guarantee, sampling_rate=sampling_rate, count=rounds, clients=None if central else [0])
+    return ledger.epsilon(delta, method=method)

@@ -39,9 +39,11 @@ from torch.func import functional_call, grad, vmap
 
 from privfl.core import ByzantineAttack, DataPoisoningAttack, Mixing
 from privfl.data.base import Dataset
-from privfl.fl.local import LocalSGD, plan_batches, supports_vmap
+from privfl.fl.local import LocalSGD, plan_batches
+from privfl.fl.rounds import run_rounds
 from privfl.fl.simulation import evaluate
-from privfl.flat import flatten, layout_of, load_flat, unflatten, unflatten_batch
+from privfl.flat import flatten, layout_of, load_flat, supports_vmap, unflatten, unflatten_batch
+from privfl.registry import make
 from privfl.seeding import make_generator
 
 __all__ = ["DecentralizedSimulation", "DecentralizedRecord", "sampled_adjacency"]
@@ -133,9 +135,7 @@ class DecentralizedSimulation:
         # nodes that compute: honest ones, plus data poisoners (they follow the protocol)
         self._workers = self._honest if self._omniscient else torch.arange(n)
         if self.mixing is None:
-            from privfl.defenses.monna import NNA
-
-            self.mixing = NNA(f=len(self._byz))
+            self.mixing = make("mixing", "nna", f=len(self._byz))
         self._x_pool, self._y_pool = self.data.x_train, self.data.y_train
         if isinstance(self.byzantine_attack, DataPoisoningAttack) and self._byz:
             idx = torch.cat([self.clients[c] for c in self._byz]).to(self.device)
@@ -350,11 +350,4 @@ class DecentralizedSimulation:
         self, rounds: int, *, on_round: Callable[[DecentralizedRecord], Any] | None = None
     ) -> list[DecentralizedRecord]:
         """Run ``rounds`` rounds (continuing from the last one run); returns the full history."""
-        if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
-            raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
-        first = len(self.history)
-        for t in range(first, first + rounds):
-            rec = self.step(t)
-            if on_round is not None:
-                on_round(rec)
-        return self.history
+        return run_rounds(self.step, self.history, rounds, on_round)

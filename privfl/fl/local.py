@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from privfl.flat import ParamLayout, flatten, load_flat, unflatten
+from privfl.flat import ParamLayout, flatten, load_flat, supports_vmap, unflatten
 
 __all__ = ["LocalSGD", "BatchPlan", "plan_batches", "sampling_rates", "supports_vmap", "train_vmap", "train_loop"]
 
@@ -190,13 +190,6 @@ def sampling_rates(sizes: Sequence[int], opt: LocalSGD) -> list[float]:
     if opt.batch_size is None:
         return [1.0 for _ in sizes]
     return [min(1.0, opt.batch_size / n) for n in sizes]
-
-
-def supports_vmap(model: nn.Module) -> bool:
-    """False for models whose training-mode forward mutates buffers (BatchNorm running stats)."""
-    return not any(
-        isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.track_running_stats for mod in model.modules()
-    )
 
 
 LossFn = Callable[[Tensor, Tensor], Tensor]

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from privfl.registry import check_keywords
+from privfl.registry import check_keywords, get, register
 
-__all__ = ["iid", "dirichlet", "shards", "partition", "PARTITIONS"]
+__all__ = ["iid", "dirichlet", "shards", "partition"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -73,6 +73,7 @@ def _sorted_parts(parts: list[Tensor]) -> list[Tensor]:
 # --------------------------------------------------------------------------------------------
 # Partitions
 # --------------------------------------------------------------------------------------------
+@register("partition", "iid")
 def iid(labels: Tensor, num_clients: int, *, generator: torch.Generator) -> list[Tensor]:
     """Uniformly random split: a random permutation cut into ``num_clients`` contiguous parts whose
     sizes differ by at most one (the first ``N % num_clients`` clients get the extra sample)."""
@@ -88,6 +89,7 @@ def _numpy_rng(generator: torch.Generator) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
+@register("partition", "dirichlet")
 def dirichlet(
     labels: Tensor, num_clients: int, alpha: float, *, generator: torch.Generator
 ) -> list[Tensor]:
@@ -149,6 +151,7 @@ def dirichlet(
     return _sorted_parts(parts)
 
 
+@register("partition", "shards")
 def shards(
     labels: Tensor, num_clients: int, shards_per_client: int = 2, *, generator: torch.Generator
 ) -> list[Tensor]:
@@ -175,9 +178,6 @@ def shards(
 # --------------------------------------------------------------------------------------------
 # Dispatch
 # --------------------------------------------------------------------------------------------
-PARTITIONS: dict[str, Callable[..., list[Tensor]]] = {"iid": iid, "dirichlet": dirichlet, "shards": shards}
-
-
 def _method_params(fn: Callable[..., list[Tensor]]) -> dict[str, inspect.Parameter]:
     skip = {"labels", "num_clients", "generator"}
     return {k: p for k, p in inspect.signature(fn).parameters.items() if k not in skip}
@@ -188,8 +188,6 @@ def partition(
 ) -> list[Tensor]:
     """Partition by method name: ``"iid"``, ``"dirichlet"`` (needs ``alpha``) or ``"shards"``
     (``shards_per_client=2``)."""
-    if not isinstance(name, str) or name not in PARTITIONS:
-        raise ValueError(f"unknown partition {name!r}; valid partitions: {', '.join(PARTITIONS)}")
-    fn = PARTITIONS[name]
+    fn = get("partition", name)
     check_keywords(_method_params(fn), params, f"partition {name!r}")
     return fn(labels, num_clients, generator=generator, **params)

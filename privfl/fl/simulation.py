@@ -65,8 +65,10 @@ from privfl.core import (
     PreAggregator,
 )
 from privfl.data.base import Dataset
-from privfl.fl.local import LocalSGD, plan_batches, sampling_rates, supports_vmap, train_loop, train_vmap
-from privfl.flat import flatten, layout_of, load_flat, unflatten
+from privfl.fl.local import LocalSGD, plan_batches, sampling_rates, train_loop, train_vmap
+from privfl.fl.rounds import run_rounds
+from privfl.flat import flatten, layout_of, load_flat, supports_vmap, unflatten
+from privfl.registry import make
 from privfl.seeding import make_generator
 
 __all__ = ["FederatedSimulation", "RoundRecord", "ObservationRecord", "evaluate"]
@@ -197,9 +199,7 @@ class FederatedSimulation:
         self.observations: list[ObservationRecord] = []
         self.history: list[RoundRecord] = []
         if self.aggregator is None:
-            from privfl.defenses.mean import Mean
-
-            self.aggregator = Mean()
+            self.aggregator = make("aggregator", "mean")
         self._check_privacy_setup()
 
     # ------------------------------------------------------------------ validation
@@ -253,9 +253,7 @@ class FederatedSimulation:
     def _check_privacy_setup(self) -> None:
         mech = self.mechanism
         if mech is not None and getattr(mech, "central", False):
-            from privfl.defenses.mean import Mean
-
-            if self.preaggregators or not isinstance(self.aggregator, Mean):
+            if self.preaggregators or not getattr(self.aggregator, "plain_mean", False):
                 raise ValueError(
                     f"mechanism {mech.name!r} is central: its aggregate() is the server rule (noise on the sum), "
                     "so aggregator must be 'mean' and preaggregators empty"
@@ -582,11 +580,4 @@ class FederatedSimulation:
 
     def run(self, rounds: int, *, on_round: Callable[[RoundRecord], Any] | None = None) -> list[RoundRecord]:
         """Run ``rounds`` rounds (continuing from the last one run); returns the full history."""
-        if not isinstance(rounds, int) or rounds < 1:
-            raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
-        first = len(self.history)
-        for t in range(first, first + rounds):
-            rec = self.step(t)
-            if on_round is not None:
-                on_round(rec)
-        return self.history
+        return run_rounds(self.step, self.history, rounds, on_round)

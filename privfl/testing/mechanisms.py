@@ -35,8 +35,9 @@ from scipy.stats import norm
 from torch import Tensor
 
 from privfl.accounting.analysis import DEFAULT_ORDERS, pmf_rdp, rdp_to_epsilon
-from privfl.accounting.ledger import PrivacyLedger
+from privfl.accounting.ledger import PrivacyLedger, epsilon_after
 from privfl.core import Mechanism, PrivacyGuarantee
+from privfl.testing.privacy import _pmf, _public_draws, default_inputs, has_output_pmf
 
 __all__ = [
     "UnbiasedResult",
@@ -249,8 +250,6 @@ def check_rdp(guarantee: PrivacyGuarantee | Mechanism, orders: Sequence[float] |
     if g.pmf_pair is not None:
         exact = pmf_rdp(g.pmf_pair, orders)
     if mech is not None:
-        from privfl.testing.privacy import _pmf, _public_draws, default_inputs, has_output_pmf
-
         if has_output_pmf(mech):
             grid = list(default_inputs(mech) if inputs is None else inputs)
             if _public_draws(mech, grid[0], 2, 0, torch.device("cpu")) == [None]:
@@ -265,16 +264,6 @@ def check_rdp(guarantee: PrivacyGuarantee | Mechanism, orders: Sequence[float] |
                                  f"divergence {exact[i]:.6g} of its output distributions (the curve under-states "
                                  "the leak)")
     return RDPResult(orders, rdp, g.epsilon_pure, exact)
-
-
-def epsilon_after(
-    guarantee: PrivacyGuarantee, rounds: int, *, sampling_rate: float = 1.0, delta: float = 1e-5,
-    method: str = "rdp", central: bool = True,
-) -> float:
-    """ε(δ) after ``rounds`` releases of ``guarantee`` (central at ``sampling_rate``, or local for one client)."""
-    ledger = PrivacyLedger()
-    ledger.record(guarantee, sampling_rate=sampling_rate, count=rounds, clients=None if central else [0])
-    return ledger.epsilon(delta, method=method)
 
 
 @dataclass

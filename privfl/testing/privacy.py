@@ -64,6 +64,7 @@ from scipy.stats import chi2, norm
 from torch import Tensor
 
 from privfl.accounting.empirical import EmpiricalBound, epsilon_lower_bound
+from privfl.accounting.ledger import epsilon_after
 from privfl.core import Mechanism
 
 __all__ = [
@@ -167,8 +168,6 @@ def claimed_epsilon(mechanism: Mechanism, delta: float) -> float:
     g = mechanism.guarantee()
     if delta == 0:
         return float(g.epsilon_pure)
-    from privfl.testing.mechanisms import epsilon_after
-
     try:
         return float(epsilon_after(g, 1, delta=delta, method="pld", central=False))
     except Exception:  # noqa: BLE001 - guarantees without a PLD fall back to the RDP conversion

@@ -66,6 +66,8 @@ __all__ = [
     "kappa_multi_krum",
     "kappa_bulyan",
     "kappa_centered_clipping",
+    "KAPPA",
+    "kappa_of",
     "update_matrices",
     "adversarial_sets",
     "HONEST_KINDS",
@@ -218,6 +220,29 @@ def kappa_centered_clipping(n: int, f: int) -> float:
     ``‖c_j(x_j − μ)‖ ≤ τ``; and ``τ² ≤ hV`` for the smallest admissible τ."""
     _check_nf(n, f)
     return f * f * (n - f) / n**2
+
+
+#: The proven (f, κ) coefficient of each built-in rule, by registered name. Centered clipping's holds
+#: only from a good centre (a property of the run, not of the rule alone), so it is not listed.
+KAPPA: dict[str, Callable[[int, int], float]] = {
+    "median": kappa_median,
+    "trimmed-mean": kappa_trimmed_mean,
+    "geometric-median": kappa_geometric_median,
+    "krum": kappa_krum,
+    "multi-krum": kappa_multi_krum,
+    "bulyan": kappa_bulyan,
+    "mda": kappa_mda,
+    "meamed": kappa_meamed,
+}
+
+
+def kappa_of(rule: Aggregator, n: int) -> float | None:
+    """The κ ``rule`` is proven to meet at ``n`` inputs with its declared ``f``: its own declaration
+    (:meth:`privfl.core.Aggregator.kappa`) first, else :data:`KAPPA`; ``None`` when none is known."""
+    value = rule.kappa(n) if isinstance(rule, Aggregator) else None
+    if value is None and getattr(rule, "name", None) in KAPPA:
+        value = KAPPA[rule.name](n, rule.f)
+    return value
 
 
 # --------------------------------------------------------------------------------------------
