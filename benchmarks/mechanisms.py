@@ -51,7 +51,7 @@ def bench_privatize(rows: int, cols: int, repeats: int, device: torch.device) ->
         "torch.rand (floor)": None,
         "gaussian local (clip + noise)": privfl.make("mechanism", "gaussian", clip_norm=1.0, noise_multiplier=1.0,
                                                       local=True),
-        "gaussian central (client clip)": privfl.make("mechanism", "gaussian", clip_norm=1.0, noise_multiplier=1.0),
+        "dp-fedavg (client clip)": privfl.make("mechanism", "dp-fedavg", clip_norm=1.0, noise_multiplier=1.0),
         "rqm (m=5, q=0.5)": privfl.make("mechanism", "rqm", c=0.05, delta=0.05, m=5, q=0.5),
         "rqm (m=16, q=0.9)": privfl.make("mechanism", "rqm", c=0.05, delta=0.05, m=16, q=0.9),
     }

@@ -64,7 +64,7 @@ def main() -> None:
           f"median of {args.repeats}")
     print(f"{'draw':<20}{'d':>9}{'seeded ms':>11}{'secure ms':>11}{'× seeded':>10}{'ns/value':>10}")
     local = privfl.make("mechanism", "gaussian", local=True, noise_multiplier=1.0)
-    central = privfl.make("mechanism", "gaussian", noise_multiplier=1.0)
+    central = privfl.make("mechanism", "dp-fedavg", noise_multiplier=1.0)
     rqm = privfl.make("mechanism", "rqm")
     chacha, osrng = SecureRandom("chacha20"), SecureRandom("os")
     for d in [int(float(v)) for v in args.dims.split(",")]:

@@ -53,7 +53,7 @@ def _rows(rows: list[Any]) -> dict[str, dict[str, Any]]:
         eps = summary.get("epsilon")
         eps = math.inf if eps is None else float(eps)
         params = sc.get("mechanism_params") or {}
-        if sc.get("mechanism") == "gaussian" and not params.get("local") and math.isfinite(eps):
+        if sc.get("mechanism") in ("gaussian", "dp-fedavg") and not params.get("local") and math.isfinite(eps):
             entry["eps_ar"].append(eps)
             eps = dp_fedavg_replace_one_epsilon(float(params["noise_multiplier"]), eps, int(sc["rounds"]),
                                                 float(sc.get("delta", 1e-5)))

@@ -213,7 +213,7 @@ def with_rng(mechanism, rng: str):
     check_rng(rng)
     if rng == "secure" and not getattr(mechanism, "supports_secure_rng", False):
         raise ValueError(f"mechanism {mechanism.name!r} has no secure noise source (only seeded draws); "
-                         "secure noise exists for: gaussian, rqm")
+                         "secure noise exists for: gaussian, dp-fedavg, rqm")
     out = copy.copy(mechanism)
     out.rng = rng
     return out

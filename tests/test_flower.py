@@ -126,7 +126,7 @@ def test_weighted_mean_is_fedavgs_weighted_average():
 
 def test_poisson_sampling_rate_and_central_noise_every_round():
     model = _model()
-    s = PrivflStrategy(model, central_mechanism="gaussian", central_params={"noise_multiplier": 1.0},
+    s = PrivflStrategy(model, central_mechanism="dp-fedavg", central_params={"noise_multiplier": 1.0},
                        fraction_train=0.5, rng="seeded", fraction_evaluate=0.0, min_available_nodes=len(NODES))
     counts = [len(_round(s, model, lambda i, m: {"arrays": ArrayRecord(model.state_dict()),
                                                   "metrics": MetricRecord({"num-examples": 1})}, r)[0])
@@ -137,11 +137,11 @@ def test_poisson_sampling_rate_and_central_noise_every_round():
     assert len(s.history) == 40 and not any(h["skipped"] for h in s.history)  # ... still releases noise
     assert s.sampling_rate == 0.5
     ref = privfl.accounting.PrivacyLedger()
-    g = privfl.make("mechanism", "gaussian", noise_multiplier=1.0).guarantee()
+    g = privfl.make("mechanism", "dp-fedavg", noise_multiplier=1.0).guarantee()
     ref.record(g, sampling_rate=0.5, count=40)
     assert s.epsilon(1e-5) == pytest.approx(ref.epsilon(1e-5), rel=1e-12)
     # secure noise (the default): the discrete Gaussian's RDP, with no subsampling credit
-    secure = PrivflStrategy(model, central_mechanism="gaussian", central_params={"noise_multiplier": 1.0},
+    secure = PrivflStrategy(model, central_mechanism="dp-fedavg", central_params={"noise_multiplier": 1.0},
                             fraction_train=0.5, fraction_evaluate=0.0)
     assert secure.central.rng == "secure" and secure.central.guarantee().noise_multiplier is None
 
@@ -157,7 +157,7 @@ def test_strategy_entry_point_errors():
     with pytest.raises(ValueError, match="client-side training"):
         PrivflStrategy(model, central_mechanism="dp-brem")
     with pytest.raises(ValueError, match="aggregator must be 'mean'"):
-        PrivflStrategy(model, central_mechanism="gaussian", aggregator="median")
+        PrivflStrategy(model, central_mechanism="dp-fedavg", aggregator="median")
     with pytest.raises(ValueError, match="weighted"):
         PrivflStrategy(model, weighted=True, aggregator="krum", aggregator_params={"f": 1})
     with pytest.raises(ValueError, match="rng"):

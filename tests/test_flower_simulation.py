@@ -82,7 +82,7 @@ def flower_run():
                                  preaggregators=[privfl.make("preaggregator", "nnm", f=2)], keep_weights=True,
                                  **common),
         "mean": PrivflStrategy(model, **common),
-        "dp": PrivflStrategy(model, central_mechanism="gaussian",
+        "dp": PrivflStrategy(model, central_mechanism="dp-fedavg",
                              central_params={"clip_norm": 1.0, "noise_multiplier": 1.0},
                              fraction_train=0.5, **common),
     }
@@ -152,7 +152,7 @@ def test_c_ledger_epsilon_is_privfls_accounting(flower_run):
     assert len(dp.history) == 2
     q, z, rounds, delta = 0.5, 1.0, 2, 1e-5
     reference = PrivacyLedger()
-    mech = privfl.make("mechanism", "gaussian", clip_norm=1.0, noise_multiplier=z)
+    mech = privfl.make("mechanism", "dp-fedavg", clip_norm=1.0, noise_multiplier=z)
     for t in range(rounds):
         mech.account(reference, clients=torch.arange(3), sampling_rate=q, dim=flower_run["layout"].dim, round=t)
     eps = dp.epsilon(delta)

@@ -71,7 +71,7 @@ def test_dp_brem_momentum_recovers_after_a_nan_round():
 
 
 def test_gaussian_central_release_ignores_a_nan_client_and_keeps_the_sensitivity():
-    m = registry.make("mechanism", "gaussian", clip_norm=1.0, noise_multiplier=1.0)
+    m = registry.make("mechanism", "dp-fedavg", clip_norm=1.0, noise_multiplier=1.0)
     reports = m.privatize(torch.ones(3, 4))
     byz = torch.tensor([[float("nan")] * 4, [float("inf")] * 4])
     g = torch.Generator().manual_seed(0)

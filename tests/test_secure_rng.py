@@ -88,14 +88,14 @@ def test_secure_gaussian_keeps_the_sensitivity_and_the_dtype():
     out = mech.privatize(rows)
     assert out.dtype == torch.float32
     assert float(torch.linalg.vector_norm(out.double(), dim=1).max()) <= 1.0 + 1e-4  # σ = 1e-6: noise negligible
-    total = with_rng(privfl.make("mechanism", "gaussian", noise_multiplier=1.0), "secure").aggregate(
+    total = with_rng(privfl.make("mechanism", "dp-fedavg", noise_multiplier=1.0), "secure").aggregate(
         rows, expected_rows=5.0)
     assert total.shape == (300,) and torch.isfinite(total).all()
 
 
 def test_seeded_mode_is_unchanged_and_reproducible():
     x = torch.randn(4, 50)
-    mech = privfl.make("mechanism", "gaussian", noise_multiplier=0.7, local=True)
+    mech = privfl.make("mechanism", "dp-fedavg", noise_multiplier=0.7, local=True)
     a = mech.privatize(x, generator=torch.Generator().manual_seed(3))
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
     assert torch.equal(a, mech.clip(x) + mech.noise_std * noise)
@@ -107,12 +107,12 @@ def test_seeded_mode_is_unchanged_and_reproducible():
 
 
 def test_secure_guarantee_is_the_discrete_gaussian_rdp_without_amplification():
-    mech = with_rng(privfl.make("mechanism", "gaussian", noise_multiplier=2.0), "secure")
+    mech = with_rng(privfl.make("mechanism", "dp-fedavg", noise_multiplier=2.0), "secure")
     g = mech.guarantee()
     orders = np.array([2.0, 8.0, 32.0])
     assert np.allclose(g.rdp(orders), orders / (2 * 2.0**2))
     assert g.noise_multiplier is None
-    local = with_rng(privfl.make("mechanism", "gaussian", noise_multiplier=2.0, local=True), "secure").guarantee()
+    local = with_rng(privfl.make("mechanism", "dp-fedavg", noise_multiplier=2.0, local=True), "secure").guarantee()
     assert np.allclose(local.rdp(orders), orders / (2 * 1.0**2))  # replace-one: sensitivity 2·clip_norm
 
 
@@ -126,7 +126,7 @@ def test_secure_rqm_is_unbiased_and_random():
 
 def test_with_rng_errors():
     with pytest.raises(ValueError, match="rng"):
-        with_rng(privfl.make("mechanism", "gaussian"), "fast")
+        with_rng(privfl.make("mechanism", "dp-fedavg"), "fast")
     with pytest.raises(ValueError, match="secure noise"):
         with_rng(privfl.make("mechanism", "pbm"), "secure")
     with pytest.raises(TypeError, match="Mechanism"):

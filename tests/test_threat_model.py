@@ -52,14 +52,14 @@ def _mech(name, **kw):
 
 
 @pytest.mark.parametrize("mech,attack,void", [
-    (("gaussian", {}), "mimic", True),               # DP-FedAvg: server noise
+    (("dp-fedavg", {}), "mimic", True),              # DP-FedAvg: server noise
     (("dp-brem", {}), "alie", True),
     (("dp-brem", {}), "alie-own-data", False),        # own data only: ε stays valid
     (("dp-brem", {}), "gaussian", False),             # public
     (("dp-brem", {}), "label-flip", False),           # data poisoning
     (("gaussian", {"local": True}), "mimic", False),  # local: the honest rows are already privatized
     (("dp-brem-plus", {}), "mimic", False),           # masked reports: only the noisy sum is learned
-    (("gaussian", {"noise_multiplier": 0.0}), "mimic", False),  # no guarantee to void (ε = ∞)
+    (("dp-fedavg", {"noise_multiplier": 0.0}), "mimic", False),  # no guarantee to void (ε = ∞)
 ])
 def test_threat_model_warning(mech, attack, void):
     m = _mech(mech[0], **mech[1])

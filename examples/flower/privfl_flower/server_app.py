@@ -26,7 +26,7 @@ def main(grid: Grid, context: Context) -> None:
     tap = CuriousServerTap(model, input_shape=data.input_shape, num_classes=data.num_classes, rounds=[1],
                            clients=[cfg["tap-client"]], data_mean=tuple(data.mean), data_std=tuple(data.std))
     if cfg["central-noise"] > 0:  # DP-FedAvg: clipping and noise on the sum by the (trusted) server
-        pipeline = dict(central_mechanism="gaussian",
+        pipeline = dict(central_mechanism="dp-fedavg",
                         central_params={"clip_norm": cfg["clip-norm"], "noise_multiplier": cfg["central-noise"]})
     else:
         pipeline = dict(aggregator=cfg["aggregator"], aggregator_params={"f": cfg["f"]},
