@@ -219,7 +219,7 @@ def test_simulation_secure_aggregation_sum_and_ledger():
     assert want == pytest.approx(min(expected, rounds_joined * g.epsilon_pure))
     assert sim.secure_aggregation_sizes == [5, 5]
     with pytest.raises(ValueError, match="secure_aggregation"):
-        build_simulation(sc.replace(mechanism="gaussian", mechanism_params={}), 0)
+        build_simulation(sc.replace(mechanism="dp-fedavg", mechanism_params={}), 0)
 
 
 @pytest.mark.slow

@@ -274,14 +274,12 @@ class FederatedSimulation:
         self._dp_rates = sampling_rates([len(c) for c in self.clients], self.local) if self.local.dp else None
 
     def _check_secure_aggregation(self) -> None:
-        from privfl.defenses.mean import Mean
-
         mech = self.mechanism
         needed = ("sum_guarantee", "decode_sum", "sum_bits")
         if mech is None or getattr(mech, "central", False) or not all(hasattr(mech, a) for a in needed):
             raise ValueError(f"secure_aggregation needs a local mechanism with {', '.join(needed)} (pbm, rqm, ddg, "
                              f"skellam), got {getattr(mech, 'name', None)!r}")
-        if self.preaggregators or not isinstance(self.aggregator, Mean):
+        if self.preaggregators or not getattr(self.aggregator, "plain_mean", False):
             raise ValueError("secure_aggregation reveals only the sum: aggregator must be 'mean', no preaggregators")
         if isinstance(self.byzantine_attack, ByzantineAttack):
             raise ValueError("secure_aggregation hides the honest rows, which omniscient Byzantine attacks read; "
