@@ -6,6 +6,8 @@ BIN    := $(VENV)/bin
 # The CPU wheel of torch; a bare `torch` requirement would pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.privfl-installed
+# The tests also cover the optional integrations: `make test` adds the flower and ray extras.
+EXTRAS := $(VENV)/.privfl-extras-installed
 
 .PHONY: setup demo test lint clean
 
@@ -17,18 +19,23 @@ $(STAMP): setup.cfg pyproject.toml
 	@echo "[2/3] installing $(TORCH) (CPU build; the first time this downloads ~200 MB and takes a few minutes)"
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --progress-bar off '$(TORCH)'
 	@echo "[3/3] installing privfl and its dependencies (opacus, dp-accounting, scipy, scikit-learn, matplotlib, ...)"
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --progress-bar off -e '.[dev,flower,ray]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --progress-bar off -e '.[dev]'
 	touch $(STAMP)
 	@echo "setup done: $(VENV) is ready"
 
+$(EXTRAS): $(STAMP)
+	@echo "installing the optional integrations the tests cover: privfl[flower,ray] (Flower, Ray, cryptography)"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --progress-bar off -e '.[dev,flower,ray]'
+	touch $(EXTRAS)
+
 demo: $(STAMP)
-	@echo "running the bundled evaluation (48 cells; progress below; results in results/default/)"
+	@echo "running the bundled evaluation (50 cells; progress below; results in results/default/)"
 	$(BIN)/privfl run
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: $(STAMP)
+test: $(EXTRAS)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 

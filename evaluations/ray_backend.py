@@ -49,7 +49,7 @@ from urllib.parse import urlsplit
 import torch
 
 from privfl import registry
-from privfl.evaluations.runner import Progress, compute_cell, write_outcome
+from privfl.evaluations.cells import Progress, compute_cell, write_outcome
 from privfl.evaluations.scenario import Scenario, SpecError
 from privfl.evaluations.store import Store
 

@@ -60,7 +60,7 @@ class FedRand(Mechanism):
     nonfinite = "raise"  # a NaN/±Inf row raises ValueError (no clip to bound it), as the compressors
     param_space = {
         "release_prob": Real(0, 1, lo_open=True, typical=(0.25, 0.75)),
-        "granularity": Choice("layer", "tensor"),
+        "granularity": Choice("layer", "tensor", contextual=("lora",)),  # lora: needs bind_layout with adapters
     }
 
     def __init__(self, release_prob: float = 0.5, granularity: str = "layer") -> None:

@@ -309,27 +309,32 @@ class Int(Param):
 
 @dataclass(frozen=True, init=False)
 class Choice(Param):
-    """One of a fixed set of values."""
+    """One of a fixed set of values. ``contextual`` values are valid too but never drawn by the
+    strategies: they need context a generic property test does not give (e.g. FedRand's ``"lora"``
+    needs a model with LoRA adapters bound first)."""
 
     options: tuple[Any, ...]
     optional: bool = False
+    contextual: tuple[Any, ...] = ()
 
-    def __init__(self, *options: Any, optional: bool = False):
+    def __init__(self, *options: Any, optional: bool = False, contextual: tuple[Any, ...] = ()):
         if not options:
             raise ValueError("Choice needs at least one option")
         object.__setattr__(self, "options", tuple(options))
         object.__setattr__(self, "optional", optional)
+        object.__setattr__(self, "contextual", tuple(contextual))
 
     def contains(self, value: Any, values: Mapping[str, Any] | None = None) -> bool:
         if value is None:
             return self.optional
-        return any(value == o and type(value) is type(o) for o in self.options)
+        return any(value == o and type(value) is type(o) for o in self.options + self.contextual)
 
     def has_type(self, value: Any) -> bool:
-        return any(type(value) is type(o) for o in self.options) or (value is None and self.optional)
+        return any(type(value) is type(o) for o in self.options + self.contextual) or (value is None and self.optional)
 
     def describe(self) -> str:
-        return "one of " + ", ".join(map(repr, self.options)) + (" or None" if self.optional else "")
+        return ("one of " + ", ".join(map(repr, self.options + self.contextual))
+                + (" or None" if self.optional else ""))
 
     def strategy(self, values: Mapping[str, Any]):
         from hypothesis import strategies as st

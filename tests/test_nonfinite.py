@@ -18,7 +18,7 @@ from privfl.mechanisms.dp_brem import DPBREM
 from privfl.testing import check_contract
 from privfl.testing.robustness import FUZZ_DTYPES, fuzz_nonfinite
 
-VECTOR = [("gaussian", {}), ("gaussian", {"local": True}), ("dp-brem", {}), ("dp-brem-plus", {}),
+VECTOR = [("dp-fedavg", {}), ("gaussian", {"local": True}), ("dp-brem", {}), ("dp-brem-plus", {}),
           ("quantize", {}), ("top-k", {}), ("fp16", {}), ("pbm", {}), ("rqm", {})]
 
 

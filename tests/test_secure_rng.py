@@ -95,7 +95,7 @@ def test_secure_gaussian_keeps_the_sensitivity_and_the_dtype():
 
 def test_seeded_mode_is_unchanged_and_reproducible():
     x = torch.randn(4, 50)
-    mech = privfl.make("mechanism", "dp-fedavg", noise_multiplier=0.7, local=True)
+    mech = privfl.make("mechanism", "gaussian", noise_multiplier=0.7, local=True)
     a = mech.privatize(x, generator=torch.Generator().manual_seed(3))
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
     assert torch.equal(a, mech.clip(x) + mech.noise_std * noise)
@@ -112,7 +112,7 @@ def test_secure_guarantee_is_the_discrete_gaussian_rdp_without_amplification():
     orders = np.array([2.0, 8.0, 32.0])
     assert np.allclose(g.rdp(orders), orders / (2 * 2.0**2))
     assert g.noise_multiplier is None
-    local = with_rng(privfl.make("mechanism", "dp-fedavg", noise_multiplier=2.0, local=True), "secure").guarantee()
+    local = with_rng(privfl.make("mechanism", "gaussian", noise_multiplier=2.0, local=True), "secure").guarantee()
     assert np.allclose(local.rdp(orders), orders / (2 * 1.0**2))  # replace-one: sensitivity 2·clip_norm
 
 

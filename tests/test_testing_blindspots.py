@@ -62,7 +62,7 @@ def test_a_gaussian_that_never_clips_is_caught_by_the_default_privacy_check():
 
 
 def test_a_central_gaussian_that_never_clips_is_caught():
-    central = dict(clip_norm=1.0, noise_multiplier=2.0)
+    central = dict(clip_norm=1.0, noise_multiplier=2.0, local=False)
     check_privacy_loss(GaussianMechanism(**central), delta=1e-5, samples=600)
     with pytest.raises(AssertionError, match="outside the domain"):
         check_privacy_loss(NoClipGaussian(**central), delta=1e-5, samples=600)
@@ -112,7 +112,7 @@ def test_an_independent_claim_catches_a_faithfully_reported_wrong_formula():
     mu = 1.0 / 2.0  # sensitivity / σ for DP-FedAvg at z = 2, one release
     eps_ref = brentq(lambda e: norm.cdf(mu / 2 - e / mu) - math.exp(e) * norm.cdf(-mu / 2 - e / mu) - 1e-5,
                      0.0, 50.0)
-    check_claim(GaussianMechanism(clip_norm=1.0, noise_multiplier=2.0), eps_ref, delta=1e-5, rtol=1e-3)
+    check_claim(GaussianMechanism(clip_norm=1.0, noise_multiplier=2.0, local=False), eps_ref, delta=1e-5, rtol=1e-3)
 
 
 def test_false_positive_rates_of_the_correct_twins_stay_at_the_stated_level():

@@ -183,7 +183,7 @@ def test_audit_cli_shows_the_warning_instead_of_epsilon(capsys, tmp_path):
     from privfl.cli import main
 
     tables = tmp_path / "tables.md"
-    assert main(["audit", "threat_model", "--tables", str(tables)]) == 0
+    assert main(["account", "threat_model", "--tables", str(tables)]) == 0
     out = capsys.readouterr().out
     mimic = next(line for line in out.splitlines() if line.startswith("| byzantine_attack=mimic"))
     own = next(line for line in out.splitlines() if line.startswith("| byzantine_attack=alie-own-data"))

@@ -448,7 +448,7 @@ class FederatedSimulation:
         """Σ of the reports as the server learns it: each client adds its pairwise masks in Z_M
         (:class:`~privfl.mechanisms.dp_brem.SecureAggregation`, Bonawitz et al. 2017), the masks
         cancel in the sum (mod M = 2^mechanism.sum_bits(n); DDG/Skellam: their own ring)."""
-        from privfl.mechanisms.dp_brem import SecureAggregation
+        from privfl.secagg import SecureAggregation
 
         n = reports.shape[0]
         secagg = SecureAggregation(frac_bits=0, modulus_bits=max(8, int(self.mechanism.sum_bits(n))))
