@@ -173,14 +173,22 @@ def _is_categorical(mechanism: Mechanism) -> bool:
     return getattr(mechanism, "input_kind", None) == "categories"
 
 
+#: how far outside the input domain the default vector pair lies (× the clip bound)
+FAR = 10.0
+
+
 def neighbouring_pair(mechanism: Mechanism, *, dim: int = 1) -> tuple[Any, Any, str]:
     """The default worst-case neighbouring inputs ``(x_in, x_out, relation)`` for a mechanism's sensitivity.
 
     - central mechanisms (DP-FedAvg): add/remove one client — ``x_in`` = one client update of norm
       ``clip_norm`` along e₁ (``[1, dim]``), ``x_out`` = no client (``[0, dim]``);
     - frequency oracles: replace one user's value — categories 0 and 1;
-    - local vector mechanisms: replace one row — the two ends of the input range along e₁:
-      ±``clip_norm`` (local Gaussian, ℓ2 ball) or ±``c`` (RQM, clipped to [−c, c] per coordinate).
+    - local vector mechanisms: replace one row along e₁.
+
+    Vector inputs lie **far outside the domain**: ``FAR`` × the bound (``clip_norm`` for the ℓ2 ball,
+    ``c`` for [−c, c] per coordinate). A mechanism that clips maps them onto the boundary, the worst
+    case of its analysis, so its audit is unchanged; one that forgets to clip releases them as they
+    are and its empirical ε lower bound then exceeds the accounted ε.
     """
     mechanism = _check_mechanism(mechanism)
     dim = _check_int(dim, "dim", 1)
@@ -193,14 +201,15 @@ def neighbouring_pair(mechanism: Mechanism, *, dim: int = 1) -> tuple[Any, Any, 
         raise ValueError(f"{mechanism.name}: no input bound (clip_norm or c) to build the worst-case pair; "
                          "pass pair=(x_in, x_out) explicitly")
     e1 = torch.zeros(dim, dtype=torch.float64)
-    e1[0] = float(bound)
+    e1[0] = FAR * float(bound)
     if getattr(mechanism, "central", False):
         unit = mechanism.guarantee().unit
         if unit != "client":
             raise ValueError(f"{mechanism.name}: its guarantee is {unit}-level, so adding or removing a whole client "
                              "is not its neighbouring relation; pass pair=(x_in, x_out) explicitly")
-        return e1[None, :], torch.zeros(0, dim, dtype=torch.float64), "add/remove one client (clip_norm·e1 vs nobody)"
-    return e1, -e1, "replace-one (+bound·e1 vs −bound·e1)"
+        return (e1[None, :], torch.zeros(0, dim, dtype=torch.float64),
+                f"add/remove one client ({FAR:g}·clip_norm·e1 vs nobody)")
+    return e1, -e1, f"replace-one (+{FAR:g}·bound·e1 vs −{FAR:g}·bound·e1)"
 
 
 def _central_releases(mechanism: Mechanism, reports: Tensor, expected_rows: float,

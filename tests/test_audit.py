@@ -15,6 +15,7 @@ from privfl.accounting.guarantees import pure_guarantee
 from privfl.cli import main
 from privfl.core import Mechanism
 from privfl.evaluations.audit import (
+    FAR,
     AuditResult,
     accounted_epsilon,
     black_box_audit,
@@ -63,10 +64,28 @@ def test_accounted_epsilon_and_default_pairs():
         accounted_epsilon(gaussian(Z_EPS2 / 2), 1e-5), abs=1e-6)  # 4 releases at z = one at z/2
     assert accounted_epsilon(registry.make("mechanism", "grr", k=4, eps=2.0), 0.0) == 2.0
     x_in, x_out, _ = neighbouring_pair(gaussian(), dim=3)
-    assert x_in.shape == (1, 3) and x_out.shape == (0, 3) and x_in[0, 0] == 1.0
+    assert x_in.shape == (1, 3) and x_out.shape == (0, 3) and x_in[0, 0] == FAR * 1.0  # far outside the clip ball
     x_in, x_out, _ = neighbouring_pair(gaussian(local=True), dim=2)
-    assert torch.equal(x_in, -x_out) and x_in[0] == 1.0
+    assert torch.equal(x_in, -x_out) and x_in[0] == FAR * 1.0
     assert neighbouring_pair(registry.make("mechanism", "grr", k=4, eps=1.0))[:2] == (0, 1)
+
+
+class _NoClipGaussian(GaussianMechanism):
+    """Broken twin: never clips (inside the clip ball it is indistinguishable from the correct one)."""
+
+    def clip(self, x):
+        return x.clone()
+
+
+@pytest.mark.parametrize("local", [False, True])
+def test_default_pair_lies_outside_the_domain_so_a_missing_clip_is_caught(local):
+    """Issue 12 §4: the default audit pair used to sit on the clip ball, where a Gaussian that never clips
+    behaves exactly like the correct one. At FAR·C the correct twin clips back to C (ε bound ≤ accounted ε,
+    the 95 % level), the broken twin releases 10·C and its lower bound exceeds the accounted ε."""
+    good = black_box_audit(gaussian(local=local), trials=20_000, seed=0)
+    bad = black_box_audit(_NoClipGaussian(clip_norm=1.0, noise_multiplier=Z_EPS2, local=local), trials=20_000, seed=0)
+    assert good.epsilon_lower <= good.epsilon_accounted
+    assert bad.epsilon_lower > 1.5 * bad.epsilon_accounted  # measured: 7.1 vs 2.0 (central), 8.3 vs 4.39 (local)
 
 
 # ---- correct mechanisms never exceed their accounted ε -------------------------------------------
