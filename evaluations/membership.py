@@ -60,7 +60,7 @@ from privfl.attacks.membership import (
     reference_logits,
     train_reference_models,
 )
-from privfl.evaluations.report import register_plot
+from privfl.evaluations.report import by_config, register_plot
 from privfl.evaluations.scenario import (
     EXTENSIONS,
     Extension,
@@ -402,13 +402,19 @@ def plot_membership_roc(run_dir: str | Path, rows: list[Any]) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups: dict[str, list[Any]] = defaultdict(list)
-    for r in cells:
-        groups[r.label or "membership"].append(r)
+    # one panel per configuration: its curves average cells that differ in seed alone
+    configs = by_config(cells)
+    counts: dict[str, int] = defaultdict(int)
+    for group in configs.values():
+        counts[group[0].label or "membership"] += 1
+    groups: dict[str, list[Any]] = {}
+    for key, group in configs.items():
+        label = group[0].label or "membership"
+        groups[label if counts[label] == 1 else f"{label} [{key[:6]}]"] = group
     n = len(groups)
     cols = min(3, n)
     rows_n = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows_n, cols, figsize=(4.6 * cols, 4.2 * rows_n), dpi=120, squeeze=False)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4.6 * cols, 5.6 * rows_n), dpi=120, squeeze=False)
     grid = np.asarray(FPR_GRID)
     for ax, (label, group) in zip(axes.flat, sorted(groups.items())):
         curves: dict[str, list[list[float]]] = defaultdict(list)
@@ -430,7 +436,7 @@ def plot_membership_roc(run_dir: str | Path, rows: list[Any]) -> list[Path]:
         seeds = len({r.seed for r in group})
         ax.set_title(f"{label}\n({seeds} seed{'s' if seeds > 1 else ''})", fontsize=9)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.suptitle("Membership inference: ROC (log-log)")
