@@ -26,8 +26,8 @@ from privfl import registry
 from privfl.testing.robustness import fuzz_nonfinite
 
 MECHANISMS = [
-    ("gaussian", {}), ("gaussian", {"local": True}), ("dp-brem", {}), ("dp-brem-plus", {}), ("quantize", {}),
-    ("top-k", {}), ("fp16", {}), ("pbm", {}), ("rqm", {}),
+    ("dp-fedavg", {}), ("gaussian", {"local": True}), ("dp-brem", {}), ("dp-brem-plus", {}), ("quantize", {}),
+    ("top-k", {}), ("fp16", {}), ("pbm", {}), ("rqm", {}), ("ddg", {}), ("skellam", {}), ("fedrand", {}),
 ]
 
 

@@ -144,6 +144,10 @@ class FedRand(Mechanism):
         _checks.updates(x)
         _checks.generator(generator)
         _checks.require_finite(x, self.name)  # non-finite policy "raise", as the compressors
+        limit = torch.finfo(x.dtype).max * self.release_prob  # decode's 1/release_prob must stay finite
+        if x.numel() and bool((x.abs() > limit).any()):
+            raise ValueError(f"{self.name}: |x| up to {float(x.abs().max()):.3g} would overflow {x.dtype} once decode "
+                             f"rescales by 1/release_prob = {1 / self.release_prob:.3g}; allowed: |x| <= {limit:.3g}")
         mask = self.release_mask(x.shape[0], x.shape[1], generator=generator, device=x.device)
         return torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
 
