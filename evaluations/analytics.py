@@ -13,9 +13,9 @@
   ``successors=4``). Its stationary law is not uniform, unlike a random walk on a ring.
 
 At every collection each user participates with probability ``sample_rate`` (Poisson; 1.0 =
-everybody), privatizes its current value with ``mechanism`` (a frequency oracle from
-:mod:`privfl.mechanisms.ldp`, :mod:`~privfl.mechanisms.longitudinal` or
-:mod:`~privfl.mechanisms.loloha`) and the server estimates the participants' frequency vector.
+everybody), privatizes its current value with ``mechanism`` (any registered mechanism that declares the role
+``"frequency-oracle"``: those of :mod:`privfl.mechanisms.ldp`, :mod:`~privfl.mechanisms.longitudinal`,
+:mod:`~privfl.mechanisms.loloha`, or a user's) and the server estimates the participants' frequency vector.
 ``analytics_alpha`` sets ``eps_1 = alpha · eps_inf`` for protocols that take ``eps_1``.
 
 Reported per collection: MSE of the unbiased estimate (mean over the k categories of
@@ -43,10 +43,10 @@ from torch import Tensor
 
 from privfl import registry
 from privfl.accounting import PrivacyLedger
+from privfl.core import Mechanism
 from privfl.evaluations.report import register_plot
 from privfl.evaluations.scenario import Scenario, SpecError, register_mode, resolve_device
-from privfl.mechanisms.ldp import FrequencyOracle, project_simplex
-from privfl.mechanisms.longitudinal import LongitudinalOracle
+from privfl.mechanisms.ldp import project_simplex
 from privfl.seeding import make_generator
 
 __all__ = ["ZipfPopulation", "MarkovPopulation", "POPULATIONS", "make_population", "run_analytics",
@@ -155,7 +155,7 @@ def make_population(name: str, k: int, params: dict[str, Any], generator: torch.
 # --------------------------------------------------------------------------------------------
 # Validation and construction
 # --------------------------------------------------------------------------------------------
-def build_oracle(scenario: Scenario) -> FrequencyOracle:
+def build_oracle(scenario: Scenario) -> Mechanism:
     """The scenario's frequency oracle, with ``eps_1 = analytics_alpha · eps_inf`` where it applies."""
     if not scenario.mechanism:
         raise ValueError("mode 'analytics' needs a frequency-oracle mechanism (e.g. loloha, l-grr, olh)")
@@ -168,17 +168,25 @@ def build_oracle(scenario: Scenario) -> FrequencyOracle:
                 raise ValueError("give either analytics_alpha or mechanism_params.eps_1, not both")
             params["eps_1"] = alpha * params["eps_inf"]
     mech = registry.make("mechanism", scenario.mechanism, **params)
-    if not isinstance(mech, FrequencyOracle):
+    if mech.role != "frequency-oracle":
         raise ValueError(f"mechanism {scenario.mechanism!r} is not a frequency oracle (mode 'analytics' needs one of "
                          f"{', '.join(_frequency_oracles())})")
     return mech
+
+
+def _declared_oracle(factory: Any) -> bool | None:
+    """Whether a registered mechanism class declares the role ``"frequency-oracle"`` (None: a factory
+    function, known only once built)."""
+    if isinstance(factory, type) and issubclass(factory, Mechanism):
+        return "frequency-oracle" in factory.roles
+    return None
 
 
 def _frequency_oracles() -> list[str]:
     out = []
     for name in registry.available("mechanism"):
         factory = registry.get("mechanism", name)
-        if isinstance(factory, type) and issubclass(factory, FrequencyOracle):
+        if _declared_oracle(factory) is True:
             out.append(name)
     return out
 
@@ -207,7 +215,7 @@ def validate_analytics(scenario: Scenario, where: str = "scenario") -> None:
         factory = registry.get("mechanism", scenario.mechanism)
     except ValueError as exc:
         raise SpecError(f"{where}.mechanism: {exc}") from None
-    if isinstance(factory, type) and not issubclass(factory, FrequencyOracle):
+    if _declared_oracle(factory) is False:
         raise SpecError(f"{where}.mechanism: got {scenario.mechanism!r}, which is not a frequency oracle; allowed: "
                         f"{', '.join(_frequency_oracles())}")
     try:
@@ -215,7 +223,8 @@ def validate_analytics(scenario: Scenario, where: str = "scenario") -> None:
     except (ValueError, TypeError) as exc:
         raise SpecError(f"{where}.mechanism_params: {exc}") from None
     try:
-        make_population(scenario.analytics_data, mech.k, scenario.analytics_data_params, torch.Generator())
+        make_population(scenario.analytics_data, mech.domain().categories, scenario.analytics_data_params,
+                        torch.Generator())
     except (ValueError, TypeError) as exc:
         raise SpecError(f"{where}.analytics_data_params: {exc}") from None
 
@@ -229,12 +238,12 @@ def run_analytics(scenario: Scenario, seed: int, *, on_round: Callable[[Any], An
     start = time.perf_counter()
     device = resolve_device(scenario.device)
     mech = build_oracle(scenario)
-    k, n = mech.k, scenario.analytics_users
+    k, n = int(mech.domain().categories), scenario.analytics_users
     population = make_population(scenario.analytics_data, k, scenario.analytics_data_params,
                                  make_generator(seed, "analytics-data", "structure"))
     values = population.initial(n, make_generator(seed, "analytics-data", 0))
     guarantee = mech.guarantee()
-    longitudinal = isinstance(mech, LongitudinalOracle)
+    longitudinal = mech.longitudinal
     eps_report = guarantee.epsilon_pure
     ledger = PrivacyLedger()
     reports_made = torch.zeros(n, dtype=torch.int64)

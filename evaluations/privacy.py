@@ -69,11 +69,11 @@ def _validate(scenario: Scenario, where: str) -> None:
         raise SpecError(f"{where}.mechanism_params: {exc}") from None
     if scenario.secure_aggregation:
         _validate_secure_aggregation(scenario, mech, where)
-    needed = getattr(mech, "protocol", None)
+    needed = mech.protocol
     if needed is not None and needed != scenario.protocol:
         raise SpecError(f"{where}.protocol: got {scenario.protocol!r}; mechanism {scenario.mechanism!r} "
                         f"needs {needed!r}")
-    if getattr(mech, "central", False) and (
+    if mech.central and (
         scenario.preaggregators or not getattr(registry.get("aggregator", scenario.aggregator), "plain_mean", False)
     ):
         raise SpecError(
@@ -84,7 +84,7 @@ def _validate(scenario: Scenario, where: str) -> None:
 
 
 def _validate_secure_aggregation(scenario: Scenario, mech: Any, where: str) -> None:
-    if not hasattr(mech, "sum_guarantee") or getattr(mech, "central", False):
+    if not mech.secure_sum:
         raise SpecError(f"{where}.secure_aggregation: got true with mechanism {scenario.mechanism!r}; allowed: true "
                         "only with a mechanism accounted inside the sum (pbm, rqm, ddg, skellam)")
     if scenario.aggregator != "mean" or scenario.preaggregators:
@@ -142,11 +142,11 @@ def _finish(scenario: Scenario, seed: int, sim: Any, summary: dict[str, Any], se
     summary["epsilon"] = figures.get(f"epsilon_{primary}")
     summary.update(figures)
     summary["delta"] = float(scenario.delta)
-    note = getattr(sim.mechanism, "epsilon_unit", None)
+    note = sim.mechanism.epsilon_unit if sim.mechanism is not None else None
     if note and summary.get("epsilon") is not None:
         summary["epsilon_unit"] = note  # e.g. DP-BREM: record-level, per participating client (shown beside ε)
-    if getattr(sim.mechanism, "nonfinite", None) == "zero":
-        summary["nonfinite_rows_replaced"] = int(getattr(sim.mechanism, "nonfinite_replaced", 0))
+    if sim.mechanism is not None and sim.mechanism.nonfinite == "zero":
+        summary["nonfinite_rows_replaced"] = int(sim.mechanism.nonfinite_replaced)
     voided = summary.get("privacy_warning") is not None
     series["epsilon"] = [None if voided else math.inf if r.epsilon is None else r.epsilon for r in sim.history]
     sizes = getattr(sim, "secure_aggregation_sizes", None)
@@ -201,13 +201,13 @@ def audit_scenario(scenario: Scenario, *, delta: float | None = None, pld_rounds
     if secagg and n_sum < 1:
         raise ValueError(f"secure aggregation with {participants(scenario)} participants and {scenario.byzantine} "
                          "Byzantine clients leaves no honest participant")
-    needs_data = (mech is not None and (mech.guarantee().unit == "coordinate" or hasattr(mech, "bind_dim"))) \
+    needs_data = (mech is not None and (mech.guarantee().unit == "coordinate" or mech.binds_dim)) \
         or scenario.dp_noise > 0
     dim, dp_rate = 0, None
     if needs_data:
         data = _load_dataset(scenario.dataset, scenario.dataset_params)
         dim = _model_dim(scenario, data)
-        if hasattr(mech, "bind_dim"):
+        if mech is not None and mech.binds_dim:
             mech.bind_dim(dim)
         if scenario.dp_noise > 0:
             clients = partition(scenario.partition, data.y_train, scenario.num_clients,
@@ -234,7 +234,7 @@ def audit_scenario(scenario: Scenario, *, delta: float | None = None, pld_rounds
             ledger.record(g_sum, clients=worst, count=dim if g_sum.unit == "coordinate" else 1, unit="client",
                           round=t)
         elif mech is not None:
-            if hasattr(mech, "participation_guarantee"):
+            if mech.per_participation:
                 ledger.record(mech.participation_guarantee(t + 1), clients=worst, round=t)
             else:
                 mech.account(ledger, clients=worst, sampling_rate=rate, dim=dim, round=t)
@@ -252,8 +252,8 @@ def audit_scenario(scenario: Scenario, *, delta: float | None = None, pld_rounds
         rows.append(AuditRow(t + 1, eps_rdp, eps_pld))
     if mech is not None:
         g = mech.sum_guarantee(n_sum) if secagg else mech.guarantee()
-        central = getattr(mech, "central", False) and not hasattr(mech, "participation_guarantee")
-        what = f"{scenario.mechanism} ({g.name}, unit {getattr(mech, 'epsilon_unit', None) or g.unit}"
+        central = mech.central and not mech.per_participation
+        what = f"{scenario.mechanism} ({g.name}, unit {mech.epsilon_unit or g.unit}"
         what += f", composed over d={dim} coordinates" if g.unit == "coordinate" else ""
         what += f", central, Poisson client sampling q={rate:g})" if central else ", worst client joins every round)"
         if secagg:
