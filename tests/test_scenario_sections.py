@@ -8,6 +8,7 @@ import math
 import pickle
 import re
 
+import jsonschema
 import pytest
 import yaml
 
@@ -147,12 +148,8 @@ def test_an_extension_adds_a_section_and_duplicates_are_refused():
 
 
 # ------------------------------------------------------------------------------------ JSON Schema
-def _validator():
+def _validator() -> jsonschema.Draft202012Validator:
     schema = spec_schema()
-    try:
-        import jsonschema
-    except ImportError:  # pragma: no cover - jsonschema ships with the test environment
-        pytest.skip("jsonschema is not installed")
     jsonschema.Draft202012Validator.check_schema(schema)
     return jsonschema.Draft202012Validator(schema)
 
