@@ -101,6 +101,8 @@ def number(**bounds: Any) -> Any:
     ints and floats, no bools, no strings; an int stays an int, so a scenario written ``lr: 1`` keeps
     the cell id it always had."""
     return Annotated[float, Field(**bounds), WrapValidator(_keep_int)]
+
+
 Params = dict[str, Any]  # keyword parameters of a registry component, checked by the component
 
 
@@ -189,17 +191,15 @@ def register_section(name: str, model: type[Section]) -> type[Section]:
     same name is)."""
     if not (isinstance(model, type) and issubclass(model, Section)):
         raise TypeError(f"section {name!r}: expected a Section subclass, got {model!r}")
-    registry.add_unique(SECTIONS, name, model, "scenario section")
-    owners = {**FIELD_OWNER, **{f: name for f in model.model_fields}}
-    for field_name in model.model_fields:
+    fields = list(model.model_fields)
+    for field_name in fields:
         other = FIELD_OWNER.get(field_name)
         if other is not None and other != name:
-            del SECTIONS[name]
             raise ValueError(f"section {name!r}: field {field_name!r} already belongs to section {other!r}")
-    clash = sorted(set(SECTIONS) & set(owners))
+    clash = sorted((set(SECTIONS) | {name}) & (set(FIELD_OWNER) | set(fields)))
     if clash:
-        del SECTIONS[name]
         raise ValueError(f"section {name!r}: {', '.join(map(repr, clash))} would be both a section and a field")
+    registry.add_unique(SECTIONS, name, model, "scenario section")
     for field_name in [f for f, owner in FIELD_OWNER.items() if owner == name]:
         del FIELD_OWNER[field_name]  # a re-imported module replaces its section
     FIELD_OWNER.update({f: name for f in model.model_fields})
