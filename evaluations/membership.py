@@ -64,6 +64,7 @@ from privfl.attacks.membership import (
 from privfl.evaluations.report import by_config, register_plot
 from privfl.evaluations.scenario import (
     EXTENSIONS,
+    Component,
     Extension,
     Scenario,
     Section,
@@ -162,20 +163,12 @@ def _fpr_key(alpha: float) -> str:
 # --------------------------------------------------------------------------------------------
 # Validation and the target's data
 # --------------------------------------------------------------------------------------------
-class MembershipAttack(BaseModel):
-    """A ``membership_attack`` with parameters: ``{name: lira, params: {online: false}}``."""
-
-    model_config = Section.model_config
-    name: str
-    params: dict[str, Any] = Field(default_factory=dict)
-
-
 class MembershipParams(BaseModel):
     """The threat, the attacks and the reference models (see the module docstring)."""
 
     model_config = Section.model_config
     threat: Literal[THREATS] = "model"
-    attacks: list[str | MembershipAttack] | None = Field(
+    attacks: list[str | Component] | None = Field(
         None, min_length=1, description="membership_attack names or {name, params} (null: the threat's defaults)")
     references: Annotated[int, Field(ge=2, description="reference models (each candidate needs IN and OUT ones)")] = 16
     reference_steps: Annotated[int, Field(ge=1)] | None = Field(None, description="null: rounds × local_steps")

@@ -43,6 +43,7 @@ __all__ = [
     "Scenario",
     "SpecError",
     "Section",
+    "Component",
     "number",
     "size",
     "register_section",
@@ -131,6 +132,14 @@ def _plain(value: Any) -> Any:
     return copy.deepcopy(value)
 
 
+class Component(BaseModel):
+    """A registry component with keyword parameters: ``{name: trimmed-mean, params: {f: 2}}``."""
+
+    model_config = Section.model_config
+    name: str
+    params: Params = Field(default_factory=dict)
+
+
 class RunSection(Section):
     label: str = Field("", description="display label of the cell (default: built from the grid axes)")
     mode: str = Field("federated", description="the runner: federated, decentralized, analytics, membership")
@@ -169,7 +178,7 @@ class DefenseSection(Section):
     mechanism_params: Params = Field(default_factory=dict)
     aggregator: str = Field("mean", description="registry name of an aggregator")
     aggregator_params: Params = Field(default_factory=dict)
-    preaggregators: list[str | Params] = Field(default_factory=list,
+    preaggregators: list[str | Component] = Field(default_factory=list,
                                                description="names or {name: ..., params: {...}}, applied in order")
 
 
@@ -275,7 +284,7 @@ def _from_pydantic(exc: ValidationError, where: str, model: type[BaseModel], dat
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
         value = value[part] if isinstance(value, (dict, list)) else value
     if extra:
-        keys = ", ".join(_resolve(node, root).get("properties", {}))
+        keys = ", ".join(_resolve(node, root).get("properties", {})) or describe(node, root)
         return SpecError(f"{where}{'.' + path if path else ''}: unknown key(s) {err['loc'][-1]!r}; allowed: {keys}")
     if err["type"] == "missing":
         return SpecError(f"{where}.{path}: missing; allowed: {describe(node, root)}")
@@ -411,7 +420,9 @@ class Scenario:
         if owner is None or owner not in self.__dict__.get("_sections", {}):
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
         value = getattr(self._sections[owner], name)
-        return _plain(value) if isinstance(value, BaseModel) else value
+        nested = isinstance(value, BaseModel) or (isinstance(value, list) and any(isinstance(v, BaseModel)
+                                                                                  for v in value))
+        return _plain(value) if nested else value  # nested models read as the plain data a spec wrote
 
     def __setattr__(self, name: str, value: Any) -> None:
         owner = FIELD_OWNER.get(name)
