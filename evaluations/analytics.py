@@ -36,16 +36,26 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from privfl import registry
 from privfl.accounting import PrivacyLedger
 from privfl.core import Mechanism
 from privfl.evaluations.report import register_plot
-from privfl.evaluations.scenario import Scenario, SpecError, register_mode, resolve_device
+from privfl.evaluations.scenario import (
+    Scenario,
+    Section,
+    SpecError,
+    number,
+    register_mode,
+    register_section,
+    resolve_device,
+    size,
+)
 from privfl.mechanisms.ldp import project_simplex
 from privfl.seeding import make_generator
 
@@ -191,23 +201,24 @@ def _frequency_oracles() -> list[str]:
     return out
 
 
+class AnalyticsSection(Section):
+    """Federated analytics: ``rounds`` collections over ``analytics_users`` users whose categorical values
+    evolve (``analytics_data``; k is ``mechanism_params.k``); ``sample_rate`` is the per-collection
+    participation probability; ``eps_1 = analytics_alpha · eps_inf`` where the protocol takes ``eps_1``."""
+
+    analytics_users: size("analytics_users") = 10000
+    analytics_data: Literal[tuple(POPULATIONS)] = "zipf"
+    analytics_data_params: dict[str, Any] = Field(default_factory=dict)
+    analytics_alpha: number(gt=0, lt=1) | None = Field(
+        None, description="eps_1 = analytics_alpha * eps_inf (null: the mechanism's own eps_1)")
+
+
+register_section("analytics", AnalyticsSection)
+
+
 def validate_analytics(scenario: Scenario, where: str = "scenario") -> None:
-    """The analytics mode's fields (raises :class:`SpecError` naming field, value and what is allowed)."""
-
-    def bad(name: str, allowed: str) -> SpecError:
-        return SpecError(f"{where}.{name}: got {getattr(scenario, name)!r}; allowed: {allowed}")
-
-    if scenario.rounds < 1:
-        raise bad("rounds", "an integer >= 1 (the number of collections τ)")
-    if scenario.analytics_users < 1:
-        raise bad("analytics_users", "an integer >= 1 (a population needs users)")
-    if not (0 < scenario.sample_rate <= 1):
-        raise bad("sample_rate", "a number in (0, 1] (per-collection participation probability)")
-    alpha = scenario.analytics_alpha
-    if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1):
-        raise bad("analytics_alpha", "null or a number in (0, 1) (eps_1 = alpha * eps_inf)")
-    if scenario.analytics_data not in POPULATIONS:
-        raise bad("analytics_data", ", ".join(sorted(POPULATIONS)))
+    """The analytics mode's cross-field checks (raises :class:`SpecError` naming field, value and what
+    is allowed); each field's type and bounds are declared in :class:`AnalyticsSection`."""
     if not scenario.mechanism:
         raise SpecError(f"{where}.mechanism: mode 'analytics' needs a frequency oracle; allowed: "
                         f"{', '.join(_frequency_oracles())}")

@@ -20,17 +20,26 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from privfl import registry
 from privfl.accounting.distributed import unit_label
 from privfl.accounting.guarantees import gaussian_guarantee
 from privfl.accounting.ledger import PrivacyLedger, threat_model_warning
 from privfl.evaluations.report import register_plot
-from privfl.evaluations.scenario import Extension, Scenario, SpecError, register_extension
+from privfl.evaluations.scenario import (
+    Extension,
+    Scenario,
+    Section,
+    SpecError,
+    number,
+    register_extension,
+    register_section,
+)
 
 __all__ = ["ACCOUNTING", "audit_scenario", "AuditRow", "epsilon_summary"]
 
@@ -40,28 +49,31 @@ ACCOUNTING = ("rdp", "pld", "both")
 # --------------------------------------------------------------------------------------------
 # Extension: validate, configure, finish
 # --------------------------------------------------------------------------------------------
-def _validate(scenario: Scenario, where: str) -> None:
-    def bad(name: str, allowed: str) -> SpecError:
-        return SpecError(f"{where}.{name}: got {getattr(scenario, name)!r}; allowed: {allowed}")
+class PrivacySection(Section):
+    """Privacy accounting: ε at ``delta`` by ``accounting``; ``dp_clip``/``dp_noise``: example-level
+    DP-SGD inside every client (per-sample clip R, noise multiplier σ); ``secure_aggregation``: the server
+    sees only the sum of each round's reports (pbm, rqm, ddg, skellam; uniform sampling)."""
 
-    if not (isinstance(scenario.delta, (int, float)) and 0 < scenario.delta < 1):
-        raise bad("delta", "a number in (0, 1)")
-    if scenario.accounting not in ACCOUNTING:
-        raise bad("accounting", ", ".join(map(repr, ACCOUNTING)))
-    if scenario.dp_clip is not None and not (isinstance(scenario.dp_clip, (int, float)) and 0 < scenario.dp_clip
-                                             < math.inf):
-        raise bad("dp_clip", "a finite number > 0, or null (no example-level DP-SGD)")
-    if not (isinstance(scenario.dp_noise, (int, float)) and 0 <= scenario.dp_noise < math.inf):
-        raise bad("dp_noise", "a finite number >= 0")
+    delta: number(gt=0, lt=1) = 1e-5
+    accounting: Literal[ACCOUNTING] = "rdp"
+    dp_clip: number(gt=0, allow_inf_nan=False) | None = Field(
+        None, description="per-sample clipping norm of DP-SGD (null: no example-level DP-SGD)")
+    dp_noise: number(ge=0, allow_inf_nan=False) = 0.0
+    secure_aggregation: bool = False
+
+
+register_section("privacy", PrivacySection)
+
+
+def _validate(scenario: Scenario, where: str) -> None:
     if scenario.dp_noise > 0 and scenario.dp_clip is None:
-        raise bad("dp_clip", "a number > 0 when dp_noise > 0 (the per-sample clipping norm)")
+        raise scenario.error(where, "dp_clip", "a number > 0 when dp_noise > 0 (the per-sample clipping norm)")
     if scenario.dp_clip is not None and scenario.batch_size is None:
-        raise bad("batch_size", "an integer >= 1 with dp_clip (the expected Poisson batch size)")
-    if not isinstance(scenario.secure_aggregation, bool):
-        raise bad("secure_aggregation", "true or false")
+        raise scenario.error(where, "batch_size", "an integer >= 1 with dp_clip (the expected Poisson batch size)")
     if not scenario.mechanism:
         if scenario.secure_aggregation:
-            raise bad("secure_aggregation", "false without a mechanism (nothing to aggregate securely)")
+            raise scenario.error(where, "secure_aggregation",
+                                 "false without a mechanism (nothing to aggregate securely)")
         return
     try:
         mech = registry.make("mechanism", scenario.mechanism, **scenario.mechanism_params)
