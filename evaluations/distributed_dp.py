@@ -73,6 +73,11 @@ def plot_distributed_dp(run_dir: str | Path, rows: list[Any]) -> list[Path]:
     run_dir = Path(run_dir)
     lines = ["# Distributed DP: accuracy at equal ε", "",
              "ε: worst client as accounted, replace-one neighbours, δ = 1e-5 (target: a client in every round).",
+             "",
+             "Readings: \"(sum)\" = one client's report inside the secure-aggregation sum (how the PBM paper "
+             "accounts PBM); \"(local)\" = each client's own report. Which one the RQM paper's experiments use "
+             "could not be established; both are run (docs/distributed_dp.md: what the paper reports, the "
+             "variance of RQM vs PBM at equal ε).",
              "", "| configuration | target ε | ε (accounted) | DP-FedAvg add/remove ε | accuracy (mean ± std) | seeds |"
              " privacy unit |", "|---|---|---|---|---|---|---|"]
     for e in sorted(table.values(), key=lambda v: (v["name"], v["target"])):

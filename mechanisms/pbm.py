@@ -16,7 +16,8 @@ exact PLD. As for RQM, a d-dimensional update composes over its d coordinates (`
 **Under secure aggregation** (the paper's setting: the server sees only the sum of n clients' counts),
 :meth:`PBM.sum_guarantee` gives one client's guarantee inside the sum: the exact worst case over every
 client's input, computed by :func:`privfl.accounting.distributed.pbm_sum_rdp` (a vertex enumeration,
-in place of the paper's closed-form bound); the simulation uses it with ``secure_aggregation=True``.
+in place of the paper's closed-form bound, whose statement was not available here), with its exact
+worst-case privacy profile for the PLD accountant; the simulation uses it with ``secure_aggregation=True``.
 """
 
 from __future__ import annotations
@@ -46,10 +47,12 @@ def _pbm_sum_guarantee(n: int, m: int, theta: float, c: float) -> PrivacyGuarant
     pure = distributed.pbm_sum_pure_epsilon(n=n, m=m, theta=theta)
     rdp = distributed.pbm_sum_rdp(grid, n=n, m=m, theta=theta)
     label = distributed.unit_label(n)
+    # the exact worst-case privacy profile, for the PLD accountant (connect-the-dots), built on first use
+    profile = distributed.LazyProfile(functools.partial(distributed.pbm_sum_profile, n=n, m=m, theta=theta))
     return PrivacyGuarantee(
         name=f"pbm (sum of {n})", rdp_curve=distributed.step_up_curve(grid, rdp, pure), epsilon_pure=pure,
         unit="coordinate", notes=f"{label}; per coordinate, exact worst case over all inputs",
-        extra={"participants": n, "unit_label": label, "c": c, "m": m, "theta": theta},
+        extra={"participants": n, "unit_label": label, "c": c, "m": m, "theta": theta, "privacy_profile": profile},
     )
 
 

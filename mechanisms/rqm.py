@@ -53,17 +53,33 @@ from privfl.secure_rng import rand
 __all__ = ["RQM", "index_dtype"]
 
 
+#: Work bound (enumerated pmf pairs × profile grid points) for building the exact privacy profile of
+#: an RQM sum; beyond it the sum's PLD falls back to its pure ε (``privfl.accounting.pld``).
+PROFILE_BUDGET = 1e8
+
+
 @functools.lru_cache(maxsize=64)
 def _rqm_sum_guarantee(n: int, c: float, delta: float, m: int, q: float) -> PrivacyGuarantee:
     mech = RQM(c=c, delta=delta, m=m, q=q)
     grid = distributed.EXACT_GRID
     rdp, pure, configs = distributed.rqm_sum_worst_rdp(mech, grid, n=n)
+    verts = len(distributed.rqm_vertices(mech))
+    profile = None  # the exact worst-case privacy profile for the PLD accountant, where affordable
+    if math.isfinite(pure) and configs * verts * (verts - 1) * (2 * pure / distributed.PrivacyProfile.STEP + 1) \
+            <= PROFILE_BUDGET:
+        def build() -> distributed.PrivacyProfile:
+            out = distributed.PrivacyProfile(pure)
+            distributed.rqm_sum_worst_rdp(mech, grid[:1], n=n, profile=out)  # a second pass of the enumeration
+            return out
+
+        profile = distributed.LazyProfile(build)
     label = distributed.unit_label(n)
     return PrivacyGuarantee(
         name=f"rqm (sum of {n})", rdp_curve=distributed.step_up_curve(grid, rdp, pure), epsilon_pure=pure,
         unit="coordinate",
         notes=f"{label}; per coordinate, worst case over all inputs ({configs} vertex configs)",
-        extra={"participants": n, "unit_label": label, "c": c, "delta": delta, "m": m, "q": q},
+        extra={"participants": n, "unit_label": label, "c": c, "delta": delta, "m": m, "q": q,
+               **({} if profile is None else {"privacy_profile": profile})},
     )
 
 

@@ -13,6 +13,9 @@ What has a PLD here:
   exactly (Balle & Wang 2018) when nothing else is composed with it.
 - Finite-output releases with an exact worst pair ``pmf_pair`` (RQM, PBM, randomized response):
   both directions, ``P‖Q`` and ``Q‖P``.
+- Releases with an exact worst-case privacy profile (``extra["privacy_profile"]``, a
+  :class:`~privfl.accounting.distributed.PrivacyProfile`: PBM and RQM sums under secure aggregation,
+  where no single input pair is the worst at every ε): pessimistic connect-the-dots from the profile.
 - Pure ε-DP releases: through the randomized-response pair at ε (which dominates them).
 
 Subsampling of non-Gaussian releases: pure ε is amplified to ln(1 + q(e^ε − 1)); a ``pmf_pair`` is
@@ -75,6 +78,11 @@ def component_pld(guarantee: PrivacyGuarantee, sampling_rate: float, interval: f
             sampling_prob=sampling_rate,
             value_discretization_interval=interval,
         )
+    profile = guarantee.extra.get("privacy_profile")
+    if profile is not None and sampling_rate == 1.0:
+        pmf = profile.pld_pmf(interval)
+        if pmf is not None:
+            return _pld.PrivacyLossDistribution(pmf)
     if guarantee.pmf_pair is not None and (sampling_rate == 1.0 or not math.isfinite(guarantee.epsilon_pure)):
         p, q = guarantee.pmf_pair
         # Both directions, P‖Q (remove) and Q‖P (add), unless the pair is symmetric (the outcomes'
