@@ -69,6 +69,11 @@ __all__ = [
     "check_delta",
     "DELTA",
     "PROBABILITY",
+    "CONFIDENCE",
+    "OPEN_UNIT",
+    "POSITIVE",
+    "NON_NEGATIVE",
+    "COUNT",
 ]
 
 Bound = "float | int | Ref | None"
@@ -508,6 +513,16 @@ class Constraint:
 DELTA = Real(0, 1, hi_open=True)
 #: A probability in [0, 1].
 PROBABILITY = Real(0, 1)
+#: A number strictly between 0 and 1 (a fraction, a significance level).
+OPEN_UNIT = Real(0, 1, lo_open=True, hi_open=True)
+#: The confidence level of a bound or an interval: in (0, 1).
+CONFIDENCE = OPEN_UNIT
+#: A finite real number > 0 (a noise multiplier, a sensitivity, an ε).
+POSITIVE = Real(0, None, lo_open=True)
+#: A finite real number >= 0.
+NON_NEGATIVE = Real(0, None)
+#: A count >= 1 (clients, coordinates, releases).
+COUNT = Int(1, None)
 
 
 def check_delta(delta: Any, *, name: str = "delta", owner: str | None = None, positive: bool = False) -> float:
