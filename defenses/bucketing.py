@@ -10,7 +10,7 @@ from torch import Tensor
 from privfl.core import PreAggregator, check_updates
 from privfl.defenses._common import accumulation_dtype
 from privfl.defenses._overflow import overflow_safe
-from privfl.params import Int
+from privfl.params import Int, check_generator
 from privfl.registry import register
 
 __all__ = ["Bucketing"]
@@ -39,8 +39,7 @@ class Bucketing(PreAggregator):
     @overflow_safe
     def __call__(self, updates: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         check_updates(updates)
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"bucketing: generator must be a torch.Generator or None, got {type(generator).__name__}")
+        check_generator(generator, owner=self.name)
         n, d = updates.shape
         gen_device = generator.device if generator is not None else torch.device("cpu")
         perm = torch.randperm(n, generator=generator, device=gen_device).to(updates.device)

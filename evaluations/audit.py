@@ -124,8 +124,7 @@ def _generator(seed: Any, device: torch.device) -> torch.Generator:
         if seed.device.type != device.type:
             raise ValueError(f"seed: a generator on {seed.device} cannot draw on device {device}")
         return seed
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0 or a torch.Generator, got {seed!r}")
+    Int(0, None).check("seed", seed)  # an int seed when not a generator
     return torch.Generator(device=device).manual_seed(int(seed))
 
 

@@ -112,9 +112,9 @@ from torch import Tensor
 from privfl.accounting.guarantees import gaussian_guarantee
 from privfl.core import Mechanism, PrivacyGuarantee
 from privfl.mechanisms import _checks
-from privfl.params import Int, Real, Ref, check_generator
+from privfl.params import Int, Real, check_generator
 from privfl.registry import register
-from privfl.secagg import SecureAggregation
+from privfl.secagg import FRAC_BITS, MODULUS_BITS, SecureAggregation
 
 __all__ = ["MomentumState", "DPBREM", "DPBREMPlus", "SecureAggregation"]
 
@@ -316,8 +316,8 @@ class DPBREMPlus(DPBREM):
     param_space = {
         **DPBREM.param_space,
         "min_honest": Real(0, 1, lo_open=True),
-        "frac_bits": Int(0, 40, typical=(8, 24)),
-        "modulus_bits": Int((8, Ref("frac_bits", 3)), 62),
+        "frac_bits": FRAC_BITS,
+        "modulus_bits": MODULUS_BITS,
     }
 
     def __init__(

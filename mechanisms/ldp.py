@@ -363,8 +363,7 @@ class FrequencyOracle(Mechanism):
         ``freqs`` are the true frequencies ``f`` (``[k]``); ``None`` gives the usual approximation
         at ``f = 0`` (the variance quoted in the papers), the same for every category.
         """
-        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"n must be an integer >= 1 (number of users), got {n!r}")
+        n = int(Int(1, None).check("n", n, owner=self.name))  # the number of users
         a, b = self.support_probabilities()
         f = torch.zeros(self.k, dtype=torch.float64) if freqs is None else torch.as_tensor(freqs, dtype=torch.float64)
         if f.shape != (self.k,):

@@ -622,8 +622,7 @@ class DBitFlipPM(LongitudinalOracle):
 
     def variance(self, n: int, freqs: Any = None) -> Tensor:
         """Exact: ``k/(n d) · [p q / (p − q)² + f (1 − d/k)]`` per category (``freqs=None``: f = 0)."""
-        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"n must be an integer >= 1 (number of users), got {n!r}")
+        n = int(Int(1, None).check("n", n, owner=self.name))  # the number of users
         f = torch.zeros(self.k, dtype=torch.float64) if freqs is None else torch.as_tensor(freqs, dtype=torch.float64)
         if f.shape != (self.k,):
             raise ValueError(f"freqs must have shape [k] = [{self.k}], got {tuple(f.shape)}")

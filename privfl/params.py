@@ -20,6 +20,7 @@ Kinds of parameter:
 
 - :class:`Instance` — an object of given classes (``Instance(str)`` for a free-form name).
 - :class:`Registered` — the name of a registered component of a kind, or an instance of its base class.
+- :class:`Sizes` — a tuple (or list) of ints ``>= 1`` (an input shape, hidden widths).
 
 Any bound may be a :class:`Ref` to another parameter (``Ref("eps_inf")``: ``eps_1 < eps_inf``;
 ``Ref("k")``: ``d <= k``; ``Ref("frac_bits", offset=3)``: ``modulus_bits >= frac_bits + 3``), and
@@ -31,6 +32,8 @@ A rule between parameters that no bound expresses is a :class:`Constraint` in th
                                     lambda v: v["granularity"] != "lora" or v["release_prob"] == 0.5,
                                     "granularity='lora' needs release_prob = 0.5"),)
 
+Registered functions and classes outside :class:`privfl.core.Component` (datasets, partitions, models)
+declare their space with the :func:`validated` decorator, which checks explicit arguments the same way.
 Arguments of public functions (a ``generator``, a ``delta``, a count) are checked with the same
 types: ``Int(1, None).check("num_clients", value, owner="iid")``, :func:`check_generator`,
 :func:`check_delta` — one message style everywhere.
@@ -41,6 +44,8 @@ This module is plain Python; :meth:`Param.strategy` needs ``hypothesis``.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import numbers
 from collections.abc import Callable, Mapping
@@ -55,7 +60,9 @@ __all__ = [
     "Choice",
     "Instance",
     "Registered",
+    "Sizes",
     "Constraint",
+    "validated",
     "space_of",
     "constraints_of",
     "example_params",
@@ -490,6 +497,43 @@ class Registered(Param):
 
 
 @dataclass(frozen=True)
+class Sizes(Param):
+    """A tuple (or list) of ints ``>= 1`` with at least ``min_len`` entries (an input shape, layer widths)."""
+
+    min_len: int = 1
+    typical: tuple[int, ...] = (8,)
+    optional: bool = False
+
+    def has_type(self, value: Any) -> bool:
+        if value is None:
+            return self.optional
+        return isinstance(value, (tuple, list)) and all(_is_int(s) for s in value)
+
+    def contains(self, value: Any, values: Mapping[str, Any] | None = None) -> bool:
+        if value is None:
+            return self.optional
+        return self.has_type(value) and len(value) >= self.min_len and all(s >= 1 for s in value)
+
+    def describe(self) -> str:
+        what = "a tuple of ints >= 1" + (f" with at least {self.min_len} entries" if self.min_len else "")
+        return what + (" or None" if self.optional else "")
+
+    def strategy(self, values: Mapping[str, Any]):
+        from hypothesis import strategies as st
+
+        return st.just(tuple(self.typical))
+
+    def example(self, values: Mapping[str, Any]) -> Any:
+        return tuple(self.typical)
+
+    def invalid(self, values: Mapping[str, Any]) -> list[Any]:
+        out: list[Any] = [(1.5,), (0,) * max(self.min_len, 1)]
+        if self.min_len:
+            out.append(())
+        return out + ([] if self.optional else [None])
+
+
+@dataclass(frozen=True)
 class Constraint:
     """A rule between parameters no single range expresses (a class's ``param_constraints``):
     ``holds(values)`` on the constructor's arguments (defaults included) must be true, else
@@ -548,9 +592,42 @@ def check_generator(generator: Any, *, owner: str | None = None, device: Any = N
 # --------------------------------------------------------------------------------------------
 # Whole spaces
 # --------------------------------------------------------------------------------------------
+def validated(space: Mapping[str, Param], *, name: str | None = None,
+              constraints: tuple[Constraint, ...] = ()) -> Callable[[Any], Any]:
+    """Decorator for a registered function or a class outside :class:`privfl.core.Component`: declare
+    ``param_space`` (and ``param_constraints``) on it and check every explicitly passed argument that
+    the space declares before the body runs (:func:`check_all`) — the same path as components. ``name``
+    (default: the function's or class's name) labels the errors."""
+
+    def deco(target: Any) -> Any:
+        inner = target.__init__ if isinstance(target, type) else target
+        signature = inspect.signature(inner)
+        skip = 1 if isinstance(target, type) else 0  # self
+
+        @functools.wraps(inner)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind(*args, **kwargs)
+            explicit = dict(list(bound.arguments.items())[skip:])
+            bound.apply_defaults()
+            check_all(target if skip else wrapper, explicit, dict(list(bound.arguments.items())[skip:]))
+            return inner(*args, **kwargs)
+
+        holder = target if isinstance(target, type) else wrapper
+        holder.param_space = dict(space)
+        holder.param_constraints = tuple(constraints)
+        holder.param_owner = name or target.__name__
+        if isinstance(target, type):
+            target.__init__ = wrapper
+            return target
+        return wrapper
+
+    return deco
+
+
 def space_of(component: Any) -> dict[str, Param] | None:
-    """The declared ``param_space`` of a component class or instance (``None`` when undeclared)."""
-    cls = component if isinstance(component, type) else type(component)
+    """The declared ``param_space`` of a component class or instance, or of a :func:`validated` function
+    (``None`` when undeclared)."""
+    cls = component if isinstance(component, type) or _is_function(component) else type(component)
     space = getattr(cls, "param_space", None)
     if space is None:
         return None
@@ -559,9 +636,13 @@ def space_of(component: Any) -> dict[str, Param] | None:
     return dict(space)
 
 
+def _is_function(obj: Any) -> bool:
+    return inspect.isfunction(obj) or inspect.ismethod(obj)
+
+
 def constraints_of(component: Any) -> tuple[Constraint, ...]:
     """The declared ``param_constraints`` of a component class or instance (``()`` when none)."""
-    cls = component if isinstance(component, type) else type(component)
+    cls = component if isinstance(component, type) or _is_function(component) else type(component)
     found = tuple(getattr(cls, "param_constraints", ()) or ())
     if not all(isinstance(c, Constraint) for c in found):
         raise TypeError(f"{cls.__name__}.param_constraints must hold privfl.params.Constraint objects")
@@ -585,8 +666,10 @@ def order(space: Mapping[str, Param]) -> list[str]:
 
 
 def _owner(component: Any) -> str:
-    return str(getattr(component, "name", None) or (component if isinstance(component, type) else type(component)
-                                                     ).__name__)
+    if _is_function(component):
+        return str(getattr(component, "param_owner", None) or component.__name__)
+    cls = component if isinstance(component, type) else type(component)
+    return str(getattr(cls, "param_owner", None) or getattr(component, "name", None) or cls.__name__)
 
 
 def check(component: Any, name: str, value: Any, **others: Any) -> Any:
