@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from privfl.attacks._common import Problem, unpack
-from privfl.core import Observation
+from privfl.core import Component, Observation
 from privfl.params import Registered
 from privfl.registry import get, register
 
@@ -65,10 +65,11 @@ def _gradient_rows(problem: Problem) -> tuple[Tensor, bool]:
     return -rows, False
 
 
-class LabelStrategy(ABC):
+class LabelStrategy(Component, ABC):
     """``infer(observation) -> labels`` (``[N]`` or ``[v, N]``, int64), using only the observation."""
 
     name: ClassVar[str] = "label_strategy"
+    param_space: ClassVar[dict] = {}  # the published rules take no parameters
 
     def infer(self, observation: Observation) -> Tensor:
         problem = unpack(observation, attack=f"label strategy {self.name!r}")

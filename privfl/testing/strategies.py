@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from privfl import registry
-from privfl.params import params_strategy, space_of
+from privfl.params import constraints_of, params_strategy, space_of
 from privfl.testing.robustness import adversarial_sets, update_matrices
 
 __all__ = [
@@ -61,7 +61,7 @@ def _declared_space(kind: str, name: str) -> dict:
 def component_params(kind: str, name: str, **fixed: Any):
     """Strategy: valid keyword dicts for ``make(kind, name, **params)`` (``fixed`` values kept as given)."""
     _st()
-    return params_strategy(_declared_space(kind, name), fixed)
+    return params_strategy(_declared_space(kind, name), fixed, constraints_of(registry.get(kind, name)))
 
 
 def mechanism_params(name: str, **fixed: Any):
