@@ -72,6 +72,7 @@ __all__ = [
     "order",
     "check",
     "check_all",
+    "check_fields",
     "check_generator",
     "check_delta",
     "DELTA",
@@ -537,14 +538,19 @@ class Sizes(Param):
 class Constraint:
     """A rule between parameters no single range expresses (a class's ``param_constraints``):
     ``holds(values)`` on the constructor's arguments (defaults included) must be true, else
-    ``ValueError("<owner>: <rule>, got <name>=<value>, ...")`` naming the ``names`` involved."""
+    ``ValueError("<owner>: <rule>, got <name>=<value>, ...")`` naming the ``names`` involved. The rule
+    is skipped while one of ``names`` is ``None`` ("the constructor chooses") unless ``reads_none``."""
 
     names: tuple[str, ...]
     holds: Callable[[Mapping[str, Any]], bool]
     rule: str
+    reads_none: bool = False
+
+    def applies(self, values: Mapping[str, Any]) -> bool:
+        return self.reads_none or all(values.get(n) is not None for n in self.names)
 
     def check(self, values: Mapping[str, Any], *, owner: str | None = None) -> None:
-        if any(values.get(n) is None for n in self.names) or self.holds(values):
+        if not self.applies(values) or self.holds(values):
             return
         got = ", ".join(f"{n}={values[n]!r}" for n in self.names)
         raise ValueError(f"{owner + ': ' if owner else ''}{self.rule}, got {got}")
@@ -700,6 +706,15 @@ def check_all(component: Any, values: Mapping[str, Any], context: Mapping[str, A
     return dict(values)
 
 
+def check_fields(obj: Any) -> None:
+    """Check a dataclass instance's fields against its class's ``param_space`` and ``param_constraints``
+    (call it from ``__post_init__``): every declared field is checked, defaults included."""
+    import dataclasses
+
+    values = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    check_all(obj, {k: v for k, v in values.items() if k in (space_of(obj) or {})}, values)
+
+
 def example_params(space: Mapping[str, Param], overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """One valid keyword dict (a middle value of every typical range), with ``overrides`` applied."""
     values: dict[str, Any] = dict(overrides or {})
@@ -738,4 +753,4 @@ def params_strategy(space: Mapping[str, Param], fixed: Mapping[str, Any] | None 
 
     if not constraints:
         return build()
-    return build().filter(lambda v: all(c.holds(v) or any(v.get(n) is None for n in c.names) for c in constraints))
+    return build().filter(lambda v: all(not c.applies(v) or c.holds(v) for c in constraints))
