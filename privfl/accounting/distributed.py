@@ -109,8 +109,7 @@ def rounded_l2_bound(l2: float, *, dim: int, beta: float) -> float:
     √(2 ln(1/β)) (l2 + √d/2))); β = 0 means unconditional rounding (the first term only)."""
     l2 = float(POSITIVE.check("l2", l2))
     dim = int(COUNT.check("dim", dim))
-    if not (isinstance(beta, (int, float)) and 0.0 <= beta < 1.0):
-        raise ValueError(f"beta must be a number in [0, 1), got {beta!r}")
+    Real(0, 1, hi_open=True).check("beta", beta)
     bound_1 = l2 + math.sqrt(dim)
     if beta == 0:
         return bound_1

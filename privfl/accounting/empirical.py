@@ -32,7 +32,7 @@ from scipy.special import betaincinv
 from scipy.stats import binom, norm
 
 from privfl.accounting.pld import gaussian_epsilon_exact
-from privfl.params import NON_NEGATIVE, OPEN_UNIT, Int, check_delta
+from privfl.params import NON_NEGATIVE, OPEN_UNIT, Choice, Int, check_delta
 
 __all__ = [
     "DIRECTIONS",
@@ -87,8 +87,7 @@ def clopper_pearson(k: Any, n: Any, confidence: float = 0.95, *, side: str = "tw
     Vectorised: ``k`` and ``n`` broadcast; scalars in give floats out.
     """
     confidence = float(OPEN_UNIT.check("confidence", confidence))
-    if side not in _SIDES:
-        raise ValueError(f"side must be one of {', '.join(map(repr, _SIDES))}, got {side!r}")
+    Choice(*_SIDES).check("side", side)
     k_arr = np.asarray(k, dtype=np.float64)
     n_arr = np.asarray(n, dtype=np.float64)
     if np.any(~np.isfinite(n_arr)) or np.any(n_arr < 1) or np.any(n_arr != np.floor(n_arr)):
