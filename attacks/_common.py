@@ -18,7 +18,6 @@ coordinate-wise, so optimising them together gives the same iterates as optimisi
 from __future__ import annotations
 
 import math
-import numbers
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from torch.func import functional_call, grad, vmap
 
 from privfl.core import Observation
 from privfl.flat import ParamLayout, layout_of, supports_vmap
+from privfl.params import Choice, Int, Real
 
 __all__ = [
     "Problem",
@@ -37,12 +37,8 @@ __all__ = [
     "run_adam",
     "total_variation",
     "cosine_distance",
-    "check_generator",
-    "check_int",
-    "check_real",
-    "check_bool",
-    "check_choice",
     "AdamOptions",
+    "ADAM_SPACE",
     "normal",
     "use_vmap",
     "pack_reconstruction",
@@ -50,47 +46,24 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------------------------
-# Argument checks (public entry points call these with the argument's name)
+# Declared parameters the optimisation attacks share (one declaration each; used in their param_space)
 # --------------------------------------------------------------------------------------------
-def check_int(attack: str, name: str, value: object, minimum: int) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-        raise TypeError(f"{attack}: {name} must be an int >= {minimum}, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{attack}: {name} must be an int >= {minimum}, got {value}")
-    return int(value)
-
-
-def check_real(
-    attack: str, name: str, value: object, *, low: float = -math.inf, high: float = math.inf,
-    low_open: bool = False, high_open: bool = False,
-) -> float:
-    lb, hb = "(" if low_open else "[", ")" if high_open else "]"
-    allowed = f"a finite number in {lb}{low}, {high}{hb}"
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        raise TypeError(f"{attack}: {name} must be {allowed}, got {type(value).__name__} {value!r}")
-    v = float(value)
-    ok = math.isfinite(v) and (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
-    if not ok:
-        raise ValueError(f"{attack}: {name} must be {allowed}, got {value!r}")
-    return v
-
-
-def check_bool(attack: str, name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{attack}: {name} must be True or False, got {type(value).__name__} {value!r}")
-    return value
-
-
-def check_choice(attack: str, name: str, value: object, allowed: Sequence[object]) -> object:
-    if not any(type(value) is type(a) and value == a for a in allowed):
-        raise ValueError(f"{attack}: {name} must be one of {list(allowed)!r}, got {value!r}")
-    return value
-
-
-def check_generator(generator: object) -> torch.Generator | None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__} {generator!r}")
-    return generator
+ITERATIONS = Int(1, None, typical=(1, 8))
+RESTARTS = Int(1, None, typical=(1, 2))
+LR = Real(0, None, lo_open=True, log=True, typical=(0.01, 1.0))
+FLAG = Choice(True, False)
+SUPPORT = Choice("all", "observed")
+#: the parameters of :class:`AdamOptions`
+ADAM_SPACE = {
+    "iterations": ITERATIONS,
+    "lr": LR,
+    "tv_weight": Real(0, None, typical=(0.0, 0.1)),
+    "signed": FLAG,
+    "boxed": FLAG,
+    "lr_decay": FLAG,
+    "vectorize": Choice("auto", True, False),
+    "support": SUPPORT,
+}
 
 
 class AdamOptions:
@@ -102,7 +75,8 @@ class AdamOptions:
     (``"all"``, the papers' matching of every coordinate, or ``"observed"``: only the coordinates the
     observed update carries, i.e. its non-zero entries — the adaptive attack on sparsified updates,
     whose zeros say which coordinates a top-k client dropped, not that its gradient vanished there);
-    the attack's registry ``name`` labels the errors. Each attack keeps its own defaults in its signature.
+    declared once in :data:`ADAM_SPACE` (each attack's ``param_space`` includes it). Each attack keeps its own
+    defaults in its signature.
     """
 
     name: str
@@ -111,15 +85,11 @@ class AdamOptions:
         self, *, iterations: object, lr: object, tv_weight: object, signed: object, boxed: object,
         lr_decay: object, vectorize: object, support: object = "all",
     ) -> None:
-        n = self.name
-        self.iterations = check_int(n, "iterations", iterations, 1)
-        self.lr = check_real(n, "lr", lr, low=0.0, low_open=True)
-        self.tv_weight = check_real(n, "tv_weight", tv_weight, low=0.0)
-        self.signed = check_bool(n, "signed", signed)
-        self.boxed = check_bool(n, "boxed", boxed)
-        self.lr_decay = check_bool(n, "lr_decay", lr_decay)
-        self.vectorize = check_choice(n, "vectorize", vectorize, ("auto", True, False))
-        self.support = check_choice(n, "support", support, ("all", "observed"))
+        self.iterations = int(iterations)
+        self.lr = float(lr)
+        self.tv_weight = float(tv_weight)
+        self.signed, self.boxed, self.lr_decay = signed, boxed, lr_decay
+        self.vectorize, self.support = vectorize, support
 
     def _support_mask(self, target: Tensor) -> Tensor | None:
         """The 0/1 mask of the coordinates matched against ``target`` (``[T, d]``): ``None`` (all of

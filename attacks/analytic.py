@@ -25,9 +25,10 @@ import math
 import torch
 from torch import Tensor
 
-from privfl.attacks._common import Problem, check_generator, check_real, pack_reconstruction, unpack
-from privfl.attacks.label_recovery import as_strategy, labels_for
+from privfl.attacks._common import Problem, pack_reconstruction, unpack
+from privfl.attacks.label_recovery import LABEL_STRATEGY, as_strategy, labels_for
 from privfl.core import Observation, PrivacyAttack, Reconstruction
+from privfl.params import Instance, Real, check_generator
 from privfl.registry import register
 
 __all__ = ["AnalyticFC", "leading_layer"]
@@ -66,16 +67,19 @@ class AnalyticFC(PrivacyAttack):
     """
 
     name = "analytic"
+    param_space = {
+        "layer": Instance(str, optional=True),
+        "rel_tol": Real(0, 1, hi_open=True, log=True, typical=(1e-8, 1e-3)),
+        "label_strategy": LABEL_STRATEGY,
+    }
 
     def __init__(self, layer: str | None = None, rel_tol: float = 1e-6, label_strategy: str | None = None) -> None:
-        if layer is not None and not isinstance(layer, str):
-            raise TypeError(f"{self.name}: layer must be a module name (str) or None, got {type(layer).__name__}")
         self.layer = layer
-        self.rel_tol = check_real(self.name, "rel_tol", rel_tol, low=0.0, high=1.0, high_open=True)
-        self.label_strategy = as_strategy(label_strategy, attack=self.name)
+        self.rel_tol = float(rel_tol)
+        self.label_strategy = as_strategy(label_strategy)
 
     def attack(self, observation: Observation, *, generator: torch.Generator | None = None) -> Reconstruction:
-        check_generator(generator)
+        check_generator(generator, owner=self.name)
         problem = unpack(observation, attack=self.name)
         w, b, h = leading_layer(problem, self.layer)
         rows = problem.targets

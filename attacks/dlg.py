@@ -45,18 +45,19 @@ import torch
 from torch import Tensor
 
 from privfl.attacks._common import (
+    FLAG,
+    ITERATIONS,
+    LR,
+    RESTARTS,
+    SUPPORT,
     Problem,
-    check_bool,
-    check_choice,
-    check_generator,
-    check_int,
-    check_real,
     normal,
     pack_reconstruction,
     unpack,
 )
-from privfl.attacks.label_recovery import as_strategy, labels_for
+from privfl.attacks.label_recovery import LABEL_STRATEGY, as_strategy, labels_for
 from privfl.core import Observation, PrivacyAttack, Reconstruction
+from privfl.params import Int, check_generator
 from privfl.registry import register
 
 __all__ = ["DLG"]
@@ -78,6 +79,17 @@ class DLG(PrivacyAttack):
     """
 
     name = "dlg"
+    param_space = {
+        "iterations": ITERATIONS,
+        "lr": LR,
+        "max_iter_per_step": Int(1, None, typical=(1, 20)),
+        "history_size": Int(1, None, typical=(1, 100)),
+        "label_strategy": LABEL_STRATEGY,
+        "normalize": FLAG,
+        "restarts": RESTARTS,
+        "line_search": FLAG,
+        "support": SUPPORT,
+    }
 
     def __init__(
         self,
@@ -91,16 +103,11 @@ class DLG(PrivacyAttack):
         line_search: bool = True,
         support: str = "all",
     ) -> None:
-        n = self.name
-        self.support = check_choice(n, "support", support, ("all", "observed"))
-        self.line_search = check_bool(n, "line_search", line_search)
-        self.normalize = check_bool(n, "normalize", normalize)
-        self.restarts = check_int(n, "restarts", restarts, 1)
-        self.iterations = check_int(n, "iterations", iterations, 1)
-        self.lr = check_real(n, "lr", lr, low=0.0, low_open=True)
-        self.max_iter_per_step = check_int(n, "max_iter_per_step", max_iter_per_step, 1)
-        self.history_size = check_int(n, "history_size", history_size, 1)
-        self.label_strategy = as_strategy(label_strategy, attack=n)
+        self.support, self.line_search, self.normalize = support, line_search, normalize
+        self.restarts, self.iterations = int(restarts), int(iterations)
+        self.lr = float(lr)
+        self.max_iter_per_step, self.history_size = int(max_iter_per_step), int(history_size)
+        self.label_strategy = as_strategy(label_strategy)
 
     def _gradient_targets(self, problem: Problem) -> Tensor:
         obs = problem.observation
@@ -110,7 +117,7 @@ class DLG(PrivacyAttack):
         return -problem.targets / (float(obs.lr) * int(obs.local_steps))
 
     def attack(self, observation: Observation, *, generator: torch.Generator | None = None) -> Reconstruction:
-        check_generator(generator)
+        check_generator(generator, owner=self.name)
         problem = unpack(observation, attack=self.name)
         targets = self._gradient_targets(problem)
         joint = problem.observation.labels is None and self.label_strategy is None

@@ -24,12 +24,11 @@ import torch
 from torch import Tensor
 
 from privfl.attacks._common import (
+    ADAM_SPACE,
+    RESTARTS,
     AdamOptions,
     Problem,
     Variable,
-    check_generator,
-    check_int,
-    check_real,
     cosine_distance,
     pack_reconstruction,
     run_adam,
@@ -38,8 +37,9 @@ from privfl.attacks._common import (
     use_vmap,
 )
 from privfl.attacks.inverting_gradients import best_of_restarts, solve_trials
-from privfl.attacks.label_recovery import as_strategy, labels_for
+from privfl.attacks.label_recovery import LABEL_STRATEGY, as_strategy, labels_for
 from privfl.core import Observation, PrivacyAttack, Reconstruction
+from privfl.params import Real, check_generator
 from privfl.registry import register
 
 __all__ = ["FedAvgInversion", "batch_schedule"]
@@ -64,6 +64,13 @@ class FedAvgInversion(AdamOptions, PrivacyAttack):
     """
 
     name = "fedavg-inversion"
+    param_space = {
+        **ADAM_SPACE,
+        "restarts": RESTARTS,
+        "momentum": Real(0, 1, hi_open=True, typical=(0.0, 0.9)),
+        "weight_decay": Real(0, None, typical=(0.0, 0.01)),
+        "label_strategy": LABEL_STRATEGY,
+    }
 
     def __init__(
         self,
@@ -80,16 +87,15 @@ class FedAvgInversion(AdamOptions, PrivacyAttack):
         vectorize: bool | str = "auto",
         support: str = "all",
     ) -> None:
-        n = self.name
         self._set_adam_options(iterations=iterations, lr=lr, tv_weight=tv_weight, signed=signed, boxed=boxed,
                                lr_decay=lr_decay, vectorize=vectorize, support=support)
-        self.restarts = check_int(n, "restarts", restarts, 1)
-        self.momentum = check_real(n, "momentum", momentum, low=0.0, high=1.0, high_open=True)
-        self.weight_decay = check_real(n, "weight_decay", weight_decay, low=0.0)
-        self.label_strategy = as_strategy(label_strategy, attack=n)
+        self.restarts = int(restarts)
+        self.momentum = float(momentum)
+        self.weight_decay = float(weight_decay)
+        self.label_strategy = as_strategy(label_strategy)
 
     def attack(self, observation: Observation, *, generator: torch.Generator | None = None) -> Reconstruction:
-        check_generator(generator)
+        check_generator(generator, owner=self.name)
         problem = unpack(observation, attack=self.name)
         obs = problem.observation
         obs.require("lr", "local_steps", "batch_size", attack=self.name)

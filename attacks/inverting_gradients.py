@@ -30,11 +30,11 @@ import torch
 from torch import Tensor
 
 from privfl.attacks._common import (
+    ADAM_SPACE,
+    RESTARTS,
     AdamOptions,
     Problem,
     Variable,
-    check_generator,
-    check_int,
     cosine_distance,
     pack_reconstruction,
     run_adam,
@@ -42,8 +42,9 @@ from privfl.attacks._common import (
     unpack,
     use_vmap,
 )
-from privfl.attacks.label_recovery import as_strategy, labels_for
+from privfl.attacks.label_recovery import LABEL_STRATEGY, as_strategy, labels_for
 from privfl.core import Observation, PrivacyAttack, Reconstruction
+from privfl.params import check_generator
 from privfl.registry import register
 
 __all__ = ["InvertingGradients", "solve_trials"]
@@ -92,6 +93,7 @@ class InvertingGradients(AdamOptions, PrivacyAttack):
     """
 
     name = "inverting-gradients"
+    param_space = {**ADAM_SPACE, "restarts": RESTARTS, "label_strategy": LABEL_STRATEGY}
 
     def __init__(
         self,
@@ -108,15 +110,15 @@ class InvertingGradients(AdamOptions, PrivacyAttack):
     ) -> None:
         self._set_adam_options(iterations=iterations, lr=lr, tv_weight=tv_weight, signed=signed, boxed=boxed,
                                lr_decay=lr_decay, vectorize=vectorize, support=support)
-        self.restarts = check_int(self.name, "restarts", restarts, 1)
-        self.label_strategy = as_strategy(label_strategy, attack=self.name)
+        self.restarts = int(restarts)
+        self.label_strategy = as_strategy(label_strategy)
 
     def _targets(self, problem: Problem) -> Tensor:
         # A weight difference points against the accumulated gradient.
         return problem.targets if problem.observation.kind == "gradient" else -problem.targets
 
     def attack(self, observation: Observation, *, generator: torch.Generator | None = None) -> Reconstruction:
-        check_generator(generator)
+        check_generator(generator, owner=self.name)
         problem = unpack(observation, attack=self.name)
         labels, source = labels_for(problem, self.label_strategy)
         R, V = self.restarts, problem.victims

@@ -23,10 +23,11 @@ import torch
 from torch import Tensor
 
 from privfl.attacks._common import Problem, unpack
-from privfl.core import Observation
+from privfl.core import Component, Observation
+from privfl.params import Registered
 from privfl.registry import get, register
 
-__all__ = ["LabelStrategy", "IDLG", "BiasRule", "YinRule", "last_layer", "labels_for", "as_strategy"]
+__all__ = ["LabelStrategy", "IDLG", "BiasRule", "YinRule", "last_layer", "labels_for", "as_strategy", "LABEL_STRATEGY"]
 
 
 def last_layer(problem: Problem, *, need_bias: bool) -> tuple[slice, slice | None, int]:
@@ -64,10 +65,11 @@ def _gradient_rows(problem: Problem) -> tuple[Tensor, bool]:
     return -rows, False
 
 
-class LabelStrategy(ABC):
+class LabelStrategy(Component, ABC):
     """``infer(observation) -> labels`` (``[N]`` or ``[v, N]``, int64), using only the observation."""
 
     name: ClassVar[str] = "label_strategy"
+    param_space: ClassVar[dict] = {}  # the published rules take no parameters
 
     def infer(self, observation: Observation) -> Tensor:
         problem = unpack(observation, attack=f"label strategy {self.name!r}")
@@ -165,19 +167,13 @@ class YinRule(LabelStrategy):
         return order[:, pick]
 
 
-def as_strategy(strategy: object, *, attack: str) -> LabelStrategy | None:
-    """A registry name, a :class:`LabelStrategy` or ``None``."""
-    if strategy is None or isinstance(strategy, LabelStrategy):
-        return strategy
-    if isinstance(strategy, str):
-        try:
-            return get("label_strategy", strategy)()
-        except ValueError as exc:
-            raise ValueError(f"{attack}: label_strategy: {exc}") from None
-    raise TypeError(
-        f"{attack}: label_strategy must be None, a name ('idlg', 'bias', 'yin') or a LabelStrategy, "
-        f"got {type(strategy).__name__} {strategy!r}"
-    )
+#: The declared ``label_strategy`` parameter of the inversion attacks (a registered name, a strategy or None).
+LABEL_STRATEGY = Registered("label_strategy", base=LabelStrategy, optional=True)
+
+
+def as_strategy(strategy: str | LabelStrategy | None) -> LabelStrategy | None:
+    """The strategy for a declared-valid ``label_strategy`` (:data:`LABEL_STRATEGY`): a registry name is built."""
+    return get("label_strategy", strategy)() if isinstance(strategy, str) else strategy
 
 
 def labels_for(problem: Problem, strategy: LabelStrategy | None) -> tuple[Tensor, str]:

@@ -54,7 +54,6 @@ from __future__ import annotations
 import copy
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -63,7 +62,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from privfl.core import Observation
+from privfl.core import Component, Observation
 from privfl.fl.local import LocalSGD, plan_batches, train_vmap
 from privfl.flat import ParamLayout, flatten, layout_of, unflatten
 from privfl.params import Choice, Int, Real
@@ -191,8 +190,9 @@ class MembershipQuery:
                              f"does not grant {'it' if len(missing) == 1 else 'them'}")
 
 
-class MembershipAttack(ABC):
-    """``score(query) -> Tensor [N]``: higher = more likely a member; deterministic (no randomness)."""
+class MembershipAttack(Component, ABC):
+    """``score(query) -> Tensor [N]``: higher = more likely a member; deterministic (no randomness).
+    Constructor parameters are declared in ``param_space`` and checked from it (:class:`~privfl.core.Component`)."""
 
     name: ClassVar[str] = "membership_attack"
     #: which query fields the attack reads (for the harness and error messages)
@@ -212,21 +212,6 @@ class MembershipAttack(ABC):
         query.need(*self.reads, attack=self.name)
 
 
-def _choice(name: str, value: Any, allowed: Sequence[Any]) -> Any:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
-    return value
-
-
-def _positive(name: str, value: Any, *, lo: float = 0.0, lo_open: bool = True, hi: float | None = None) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > lo if lo_open else value >= lo) and (hi is None or value <= hi)
-    if not ok:
-        rng = f"{'(' if lo_open else '['}{lo}, {'∞)' if hi is None else f'{hi}]'}"
-        raise ValueError(f"{name} must be a finite number in {rng}, got {value!r}")
-    return float(value)
-
-
 # --------------------------------------------------------------------------------------------
 # Baselines
 # --------------------------------------------------------------------------------------------
@@ -238,7 +223,7 @@ class LossAttack(MembershipAttack):
     param_space = {"statistic": Choice("loss", "max-confidence")}
 
     def __init__(self, statistic: str = "loss") -> None:
-        self.statistic = _choice("statistic", statistic, ("loss", "max-confidence"))
+        self.statistic = statistic
 
     @property
     def label(self) -> str:
@@ -293,10 +278,8 @@ class LiRA(MembershipAttack):
     PER_EXAMPLE_FROM = 64  # reference models from which "auto" fits per-example variances (the paper's)
 
     def __init__(self, online: bool = True, variance: str = "auto") -> None:
-        if not isinstance(online, bool):
-            raise TypeError(f"online must be a bool, got {type(online).__name__} {online!r}")
         self.online = online
-        self.variance = _choice("variance", variance, ("auto", "per-example", "global"))
+        self.variance = variance
 
     @property
     def label(self) -> str:
@@ -356,12 +339,8 @@ class RMIA(MembershipAttack):
     }
 
     def __init__(self, online: bool = False, a: float = 0.3, gamma: float = 2.0, temperature: float = 1.0) -> None:
-        if not isinstance(online, bool):
-            raise TypeError(f"online must be a bool, got {type(online).__name__} {online!r}")
         self.online = online
-        self.a = _positive("a", a, lo=0.0, lo_open=False, hi=1.0)
-        self.gamma = _positive("gamma", gamma)
-        self.temperature = _positive("temperature", temperature)
+        self.a, self.gamma, self.temperature = float(a), float(gamma), float(temperature)
 
     @property
     def label(self) -> str:
@@ -452,9 +431,7 @@ class UpdateCosineAttack(MembershipAttack):
     param_space = {"chunk": Int(1, None, typical=(16, 256))}
 
     def __init__(self, chunk: int = 128) -> None:
-        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-            raise ValueError(f"chunk must be an int >= 1, got {chunk!r}")
-        self.chunk = chunk
+        self.chunk = int(chunk)
 
     def score(self, query: MembershipQuery) -> Tensor:
         self._check(query)
@@ -494,10 +471,8 @@ class TrajectoryAttack(MembershipAttack):
 def balanced_splits(models: int, records: int, *, generator: torch.Generator) -> Tensor:
     """Bool ``[models, records]``: every record IN for exactly ⌊models/2⌋ models, chosen at random
     per record (the LiRA code's split; with an odd count the extra model is OUT)."""
-    if isinstance(models, bool) or not isinstance(models, int) or models < 2:
-        raise ValueError(f"models must be an int >= 2 (each record needs IN and OUT models), got {models!r}")
-    if isinstance(records, bool) or not isinstance(records, int) or records < 1:
-        raise ValueError(f"records must be an int >= 1, got {records!r}")
+    Int(2, None).check("models", models, owner="balanced_splits")  # each record needs IN and OUT models
+    Int(1, None).check("records", records, owner="balanced_splits")
     keys = torch.rand(models, records, generator=generator)
     return keys.argsort(dim=0).argsort(dim=0) < models // 2
 
@@ -505,7 +480,7 @@ def balanced_splits(models: int, records: int, *, generator: torch.Generator) ->
 def query_views(x: Tensor, augment: str = "none") -> Tensor:
     """The queries of every record, ``[A, N, ...]``: ``"none"`` (A = 1) or ``"flip"`` (A = 2: the image
     and its horizontal mirror, LiRA's augmented queries; images ``[N, C, H, W]`` only)."""
-    _choice("augment", augment, AUGMENTATIONS)
+    Choice(*AUGMENTATIONS).check("augment", augment, owner="query_views")
     if augment == "none":
         return x.unsqueeze(0)
     if x.dim() != 4:

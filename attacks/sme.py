@@ -32,11 +32,10 @@ from torch import Tensor
 from torch.func import vmap
 
 from privfl.attacks._common import (
+    ADAM_SPACE,
     AdamOptions,
     Problem,
     Variable,
-    check_generator,
-    check_real,
     cosine_distance,
     pack_reconstruction,
     run_adam,
@@ -45,8 +44,9 @@ from privfl.attacks._common import (
     use_vmap,
 )
 from privfl.attacks.inverting_gradients import solve_trials
-from privfl.attacks.label_recovery import as_strategy, labels_for
+from privfl.attacks.label_recovery import LABEL_STRATEGY, as_strategy, labels_for
 from privfl.core import Observation, PrivacyAttack, Reconstruction
+from privfl.params import Real, check_generator
 from privfl.registry import register
 
 __all__ = ["SME"]
@@ -64,6 +64,12 @@ class SME(AdamOptions, PrivacyAttack):
     """
 
     name = "sme"
+    param_space = {
+        **ADAM_SPACE,
+        "alpha": Real(0, 1),
+        "alpha_lr": Real(0, None, lo_open=True, log=True, typical=(1e-4, 1e-1)),
+        "label_strategy": LABEL_STRATEGY,
+    }
 
     def __init__(
         self,
@@ -79,19 +85,18 @@ class SME(AdamOptions, PrivacyAttack):
         vectorize: bool | str = "auto",
         support: str = "all",
     ) -> None:
-        n = self.name
         self._set_adam_options(iterations=iterations, lr=lr, tv_weight=tv_weight, signed=signed, boxed=boxed,
                                lr_decay=lr_decay, vectorize=vectorize, support=support)
-        self.alpha = check_real(n, "alpha", alpha, low=0.0, high=1.0)
-        self.alpha_lr = check_real(n, "alpha_lr", alpha_lr, low=0.0, low_open=True)
-        self.label_strategy = as_strategy(label_strategy, attack=n)
+        self.alpha = float(alpha)
+        self.alpha_lr = float(alpha_lr)
+        self.label_strategy = as_strategy(label_strategy)
 
     @property
     def learns_alpha(self) -> bool:
         return 0.0 < self.alpha < 1.0
 
     def attack(self, observation: Observation, *, generator: torch.Generator | None = None) -> Reconstruction:
-        check_generator(generator)
+        check_generator(generator, owner=self.name)
         problem = unpack(observation, attack=self.name)
         obs = problem.observation
         if obs.kind == "delta":

@@ -1,4 +1,4 @@
-"""Machinery shared by the robust rules: argument checks, the non-finite policy, sorted columns.
+"""Machinery shared by the robust rules: the n/f requirement, the non-finite policy, sorted columns.
 
 Distances and the accumulation dtype live in the neutral :mod:`privfl.kernels` (attacks use them too);
 they are re-exported here for the rules.
@@ -14,7 +14,6 @@ finite rows.
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 from torch import Tensor
@@ -29,9 +28,6 @@ from privfl.kernels import (  # noqa: F401  (re-exported: the rules import them 
 )
 
 __all__ = [
-    "check_f",
-    "check_int",
-    "check_positive_float",
     "require",
     "nonfinite_rows",
     "finite_part",
@@ -51,31 +47,8 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------------------------
-# Argument checks
+# The rules' own n/f requirements (constructor parameters are checked from param_space)
 # --------------------------------------------------------------------------------------------
-def check_int(name: str, value: object, *, minimum: int, rule: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{rule}: {name} must be an int >= {minimum}, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{rule}: {name} must be an int >= {minimum}, got {value}")
-    return value
-
-
-def check_f(f: object, *, rule: str) -> int:
-    """``f``: the declared number of faulty inputs, an int >= 0."""
-    return check_int("f", f, minimum=0, rule=rule)
-
-
-def check_positive_float(name: str, value: object, *, rule: str, allow_zero: bool = False) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"{rule}: {name} must be a finite number > 0, got {type(value).__name__} {value!r}")
-    value = float(value)
-    ok = math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        raise ValueError(f"{rule}: {name} must be a finite number {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-    return value
-
-
 def require(ok: bool, *, rule: str, n: int, f: int, need: str, f_name: str = "f", note: str = "") -> None:
     """Raise the rule's own requirement on ``n`` and ``f`` (e.g. ``need="n > 2f + 2"``)."""
     if not ok:

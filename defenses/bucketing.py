@@ -8,9 +8,9 @@ import torch
 from torch import Tensor
 
 from privfl.core import PreAggregator, check_updates
-from privfl.defenses._common import accumulation_dtype, check_int
+from privfl.defenses._common import accumulation_dtype
 from privfl.defenses._overflow import overflow_safe
-from privfl.params import Int
+from privfl.params import Int, check_generator
 from privfl.registry import register
 
 __all__ = ["Bucketing"]
@@ -34,13 +34,12 @@ class Bucketing(PreAggregator):
     }
 
     def __init__(self, s: int = 2):
-        self.s = check_int("s", s, minimum=1, rule="bucketing")
+        self.s = s
 
     @overflow_safe
     def __call__(self, updates: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         check_updates(updates)
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"bucketing: generator must be a torch.Generator or None, got {type(generator).__name__}")
+        check_generator(generator, owner=self.name)
         n, d = updates.shape
         gen_device = generator.device if generator is not None else torch.device("cpu")
         perm = torch.randperm(n, generator=generator, device=gen_device).to(updates.device)

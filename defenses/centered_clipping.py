@@ -13,9 +13,6 @@ from torch import Tensor
 from privfl.core import Aggregator, check_updates
 from privfl.defenses._common import (
     accumulation_dtype,
-    check_f,
-    check_int,
-    check_positive_float,
     column_chunk,
     finite_part,
     require,
@@ -46,9 +43,9 @@ class CenteredClipping(Aggregator):
     }
 
     def __init__(self, f: int = 0, tau: float = 100.0, iterations: int = 1):
-        self.f = check_f(f, rule="centered-clipping")
-        self.tau = check_positive_float("tau", tau, rule="centered-clipping")
-        self.iterations = check_int("iterations", iterations, minimum=1, rule="centered-clipping")
+        self.f = f
+        self.tau = float(tau)
+        self.iterations = iterations
         self.center: Tensor | None = None
 
     # ------------------------------------------------------------------ state

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from privfl.core import PreAggregator, check_updates
-from privfl.defenses._common import check_f, check_positive_float, nonfinite_rows, require
+from privfl.defenses._common import nonfinite_rows, require
 from privfl.params import Int, Real
 from privfl.registry import register
 
@@ -48,7 +48,7 @@ class StaticClipping(PreAggregator):
     }
 
     def __init__(self, tau: float = 1.0):
-        self.tau = check_positive_float("tau", tau, rule="clipping")
+        self.tau = float(tau)
 
     def __call__(self, updates: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         check_updates(updates)
@@ -74,7 +74,7 @@ class ARC(PreAggregator):
     }
 
     def __init__(self, f: int = 0):
-        self.f = check_f(f, rule="arc")
+        self.f = f
 
     @staticmethod
     def clipped_count(n: int, f: int) -> int:

@@ -15,7 +15,7 @@ import math
 from torch import Tensor
 
 from privfl.core import Aggregator, check_updates
-from privfl.defenses._common import check_f, finite_part, require
+from privfl.defenses._common import finite_part, require
 from privfl.defenses._overflow import overflow_safe
 from privfl.defenses._ranks import coordinate_meamed, coordinate_median, coordinate_trimmed_mean
 from privfl.params import Int, Real
@@ -40,7 +40,7 @@ class Median(Aggregator):
     }
 
     def __init__(self, f: int = 0):
-        self.f = check_f(f, rule="median")
+        self.f = f
 
     @overflow_safe
     def __call__(self, updates: Tensor) -> Tensor:
@@ -68,14 +68,8 @@ class TrimmedMean(Aggregator):
     }
 
     def __init__(self, f: int = 0, beta: float | None = None):
-        self.f = check_f(f, rule="trimmed-mean")
-        if beta is not None:
-            if not isinstance(beta, (int, float)) or isinstance(beta, bool):
-                raise TypeError(f"trimmed-mean: beta must be a number in [0, 0.5) or None, got {beta!r}")
-            if not (0.0 <= float(beta) < 0.5):
-                raise ValueError(f"trimmed-mean: beta must be in [0, 0.5) or None, got {beta!r}")
-            beta = float(beta)
-        self.beta = beta
+        self.f = f
+        self.beta = None if beta is None else float(beta)
 
     def trimmed(self, n: int) -> int:
         """``b``, the number of values dropped at each end of a coordinate for ``n`` rows."""
@@ -108,7 +102,7 @@ class Meamed(Aggregator):
     }
 
     def __init__(self, f: int = 0):
-        self.f = check_f(f, rule="meamed")
+        self.f = f
 
     @overflow_safe
     def __call__(self, updates: Tensor) -> Tensor:

@@ -11,9 +11,6 @@ from torch import Tensor
 
 from privfl.core import Aggregator, check_updates
 from privfl.defenses._common import (
-    check_f,
-    check_int,
-    check_positive_float,
     combine_rows,
     finite_part,
     gram_and_distances,
@@ -54,10 +51,10 @@ class GeometricMedian(Aggregator):
     }
 
     def __init__(self, f: int = 0, nu: float = 1e-6, max_iter: int = 100, tol: float = 1e-6):
-        self.f = check_f(f, rule="geometric-median")
-        self.nu = check_positive_float("nu", nu, rule="geometric-median")
-        self.max_iter = check_int("max_iter", max_iter, minimum=1, rule="geometric-median")
-        self.tol = check_positive_float("tol", tol, rule="geometric-median", allow_zero=True)
+        self.f = f
+        self.nu = float(nu)
+        self.max_iter = max_iter
+        self.tol = float(tol)
         self.last_iterations: int | None = None
 
     def weights(self, G: Tensor, nu: float | None = None) -> tuple[Tensor, int]:

@@ -13,8 +13,6 @@ from torch import Tensor
 
 from privfl.core import Aggregator, check_updates
 from privfl.defenses._common import (
-    check_f,
-    check_int,
     combine_rows,
     finite_gram_and_distances,
     median_window_mean,
@@ -61,7 +59,7 @@ class Krum(Aggregator):
     }
 
     def __init__(self, f: int = 0):
-        self.f = check_f(f, rule="krum")
+        self.f = f
 
     def __call__(self, updates: Tensor) -> Tensor:
         check_updates(updates)
@@ -88,8 +86,8 @@ class MultiKrum(Aggregator):
     }
 
     def __init__(self, f: int = 0, m: int | None = None):
-        self.f = check_f(f, rule="multi-krum")
-        self.m = None if m is None else check_int("m", m, minimum=1, rule="multi-krum")
+        self.f = f
+        self.m = m
 
     @overflow_safe
     def __call__(self, updates: Tensor) -> Tensor:
@@ -131,7 +129,7 @@ class Bulyan(Aggregator):
     }
 
     def __init__(self, f: int = 0):
-        self.f = check_f(f, rule="bulyan")
+        self.f = f
 
     def select(self, D: Tensor, f: int, theta: int) -> Tensor:
         """Indices of the ``theta`` rows chosen by iterated Krum on squared distances ``D``.

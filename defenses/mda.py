@@ -12,8 +12,6 @@ from torch import Tensor
 
 from privfl.core import Aggregator, check_updates
 from privfl.defenses._common import (
-    check_f,
-    check_int,
     combine_rows,
     finite_part,
     pairwise_sq_distances,
@@ -43,8 +41,8 @@ class MDA(Aggregator):
     }
 
     def __init__(self, f: int = 0, max_subsets: int = 200_000):
-        self.f = check_f(f, rule="mda")
-        self.max_subsets = check_int("max_subsets", max_subsets, minimum=1, rule="mda")
+        self.f = f
+        self.max_subsets = max_subsets
 
     def subset(self, D: Tensor, f: int) -> Tensor:
         """Bool mask of the kept rows (``m − f`` of ``m``) for squared distances ``D``."""

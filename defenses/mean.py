@@ -34,8 +34,6 @@ class Mean(Aggregator):
     }
 
     def __init__(self, f: int = 0):
-        if not isinstance(f, int) or isinstance(f, bool) or f < 0:
-            raise ValueError(f"f must be an int >= 0, got {f!r}")
         self.f = f
 
     @overflow_safe

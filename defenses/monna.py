@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from privfl.core import Mixing, check_updates
-from privfl.defenses._common import accumulation_dtype, check_f, nonfinite_rows, pairwise_sq_distances
+from privfl.defenses._common import accumulation_dtype, nonfinite_rows, pairwise_sq_distances
 from privfl.params import Int
 from privfl.registry import register
 
@@ -41,7 +41,7 @@ class NNA(Mixing):
     }
 
     def __init__(self, f: int = 0):
-        self.f = check_f(f, rule="nna")
+        self.f = f
 
     def _adjacency(self, adjacency: Tensor | None, n: int, device: torch.device) -> Tensor:
         if adjacency is None:

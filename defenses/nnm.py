@@ -9,7 +9,6 @@ from torch import Tensor
 
 from privfl.core import PreAggregator, check_updates
 from privfl.defenses._common import (
-    check_f,
     finite_gram_and_distances,
     mix_rows,
     require,
@@ -37,7 +36,7 @@ class NNM(PreAggregator):
     }
 
     def __init__(self, f: int = 0):
-        self.f = check_f(f, rule="nnm")
+        self.f = f
 
     def mixing_matrix(self, D: Tensor, k: int) -> Tensor:
         """``W`` (``[m, m]``, float64) with ``1/k`` on each row's ``k`` nearest rows (itself included)."""

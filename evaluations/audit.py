@@ -48,6 +48,7 @@ from privfl.accounting.empirical import (
 )
 from privfl.accounting.ledger import PrivacyLedger
 from privfl.core import Mechanism
+from privfl.params import CONFIDENCE, Instance, Int, check_delta
 
 __all__ = [
     "AuditResult",
@@ -109,30 +110,6 @@ def _describe(mechanism: Mechanism) -> str:
     return mechanism.guarantee().name
 
 
-def _check_mechanism(mechanism: Any) -> Mechanism:
-    if not isinstance(mechanism, Mechanism):
-        raise TypeError(f"mechanism must be a privfl Mechanism, got {type(mechanism).__name__}")
-    return mechanism
-
-
-def _check_int(value: Any, name: str, lo: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-        raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
-    return int(value)
-
-
-def _check_delta(delta: Any) -> float:
-    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0.0 <= delta < 1.0:
-        raise ValueError(f"delta must be a number in [0, 1), got {delta!r}")
-    return float(delta)
-
-
-def _check_confidence(confidence: Any) -> float:
-    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be a number in (0, 1), got {confidence!r}")
-    return float(confidence)
-
-
 def _device(device: Any) -> torch.device:
     try:
         return torch.device(device)
@@ -147,8 +124,7 @@ def _generator(seed: Any, device: torch.device) -> torch.Generator:
         if seed.device.type != device.type:
             raise ValueError(f"seed: a generator on {seed.device} cannot draw on device {device}")
         return seed
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0 or a torch.Generator, got {seed!r}")
+    Int(0, None).check("seed", seed)  # an int seed when not a generator
     return torch.Generator(device=device).manual_seed(int(seed))
 
 
@@ -156,9 +132,9 @@ def accounted_epsilon(mechanism: Mechanism, delta: float, *, releases: int = 1) 
     """ε(δ) of ``releases`` releases of ``mechanism``'s guarantee (no subsampling), by the tightest
     accountant available: the privacy-loss distribution where the guarantee has one, else RDP
     (both capped by the pure ε); at δ = 0 the composed pure ε."""
-    g = _check_mechanism(mechanism).guarantee()
-    delta = _check_delta(delta)
-    releases = _check_int(releases, "releases", 1)
+    g = Instance(Mechanism).check("mechanism", mechanism, owner="accounted_epsilon").guarantee()
+    delta = check_delta(delta, owner="accounted_epsilon")
+    releases = int(Int(1, None).check("releases", releases, owner="accounted_epsilon"))
     if delta == 0.0:
         return releases * g.epsilon_pure
     ledger = PrivacyLedger()
@@ -192,8 +168,8 @@ def neighbouring_pair(mechanism: Mechanism, *, dim: int = 1) -> tuple[Any, Any, 
     boundary, the worst case of its analysis, so its audit is unchanged; one that forgets to clip
     releases them as they are and its empirical ε lower bound then exceeds the accounted ε.
     """
-    mechanism = _check_mechanism(mechanism)
-    dim = _check_int(dim, "dim", 1)
+    mechanism = Instance(Mechanism).check("mechanism", mechanism, owner="neighbouring_pair")
+    dim = int(Int(1, None).check("dim", dim, owner="neighbouring_pair"))
     if _is_categorical(mechanism):
         return 0, 1, "replace-one (categories 0 vs 1)"
     domain = mechanism.domain()
@@ -343,11 +319,11 @@ def black_box_audit(
     Compared with :func:`accounted_epsilon` of one release (per coordinate for ``unit="coordinate"``
     guarantees: the default pair differs in one coordinate).
     """
-    mechanism = _check_mechanism(mechanism)
-    trials = _check_int(trials, "trials", 8)
-    delta = _check_delta(delta)
-    confidence = _check_confidence(confidence)
-    dim = _check_int(dim, "dim", 1)
+    mechanism = Instance(Mechanism).check("mechanism", mechanism, owner="black_box_audit")
+    trials = int(Int(8, None).check("trials", trials, owner="black_box_audit"))
+    delta = check_delta(delta, owner="black_box_audit")
+    confidence = float(CONFIDENCE.check("confidence", confidence, owner="black_box_audit"))
+    dim = int(Int(1, None).check("dim", dim, owner="black_box_audit"))
     device = _device(device)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
@@ -436,15 +412,15 @@ def canary_audit(
     both assume Gaussian scores (true here: Gaussian noise, nearly Gaussian benign projections).
     Trials are drawn in batches of ``batch_size`` (a loop over batches, not over trials).
     """
-    mechanism = _check_mechanism(mechanism)
+    mechanism = Instance(Mechanism).check("mechanism", mechanism, owner="canary_audit")
     _check_central(mechanism, "canary_audit")
-    trials = _check_int(trials, "trials", 8)
-    rounds = _check_int(rounds, "rounds", 1)
-    num_clients = _check_int(num_clients, "num_clients", 0)
-    dim = _check_int(dim, "dim", 1)
-    batch_size = _check_int(batch_size, "batch_size", 1)
-    delta = _check_delta(delta)
-    confidence = _check_confidence(confidence)
+    trials = int(Int(8, None).check("trials", trials, owner="canary_audit"))
+    rounds = int(Int(1, None).check("rounds", rounds, owner="canary_audit"))
+    num_clients = int(Int(0, None).check("num_clients", num_clients, owner="canary_audit"))
+    dim = int(Int(1, None).check("dim", dim, owner="canary_audit"))
+    batch_size = int(Int(1, None).check("batch_size", batch_size, owner="canary_audit"))
+    delta = check_delta(delta, owner="canary_audit")
+    confidence = float(CONFIDENCE.check("confidence", confidence, owner="canary_audit"))
     device = _device(device)
     generator = _generator(seed, device)
     clip = float(mechanism.domain().bound)  # the clip norm
@@ -516,12 +492,12 @@ def one_run_audit(
     100 % of m) are tried with a Bonferroni correction (level (1 − confidence)/#values), so the best
     of them is still valid at ``confidence``. Accounted ε: ``rounds`` releases, per canary (client).
     """
-    mechanism = _check_mechanism(mechanism)
+    mechanism = Instance(Mechanism).check("mechanism", mechanism, owner="one_run_audit")
     _check_central(mechanism, "one_run_audit")
-    m = _check_int(canaries, "canaries", 2)
-    rounds = _check_int(rounds, "rounds", 1)
-    delta = _check_delta(delta)
-    confidence = _check_confidence(confidence)
+    m = int(Int(2, None).check("canaries", canaries, owner="one_run_audit"))
+    rounds = int(Int(1, None).check("rounds", rounds, owner="one_run_audit"))
+    delta = check_delta(delta, owner="one_run_audit")
+    confidence = float(CONFIDENCE.check("confidence", confidence, owner="one_run_audit"))
     if guesses is None:
         guesses = _default_guesses(m)
     elif isinstance(guesses, (int, np.integer)) and not isinstance(guesses, bool):
@@ -612,7 +588,7 @@ def audit_spec_empirical(
 
     if png is not None and not Path(png).parent.is_dir():
         raise ValueError(f"--png: directory {str(Path(png).parent)!r} does not exist")
-    trials = _check_int(trials, "trials", 8)
+    trials = int(Int(8, None).check("trials", trials, owner="audit_spec_empirical"))
     cells = spec.validate()
     seen: dict[tuple, tuple[str, Any, float]] = {}
     for cell in cells:

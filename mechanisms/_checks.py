@@ -1,8 +1,10 @@
-"""Parameter checks shared by the mechanism modules (errors name the argument, the value and what is allowed)."""
+"""Tensor plumbing shared by the mechanism modules: the update-matrix check, clipping, the non-finite policies.
+
+Constructor parameters are checked from each class's ``param_space`` (:mod:`privfl.params`), other
+arguments with the same types (``privfl.params.Int(1, None).check(...)``, ``check_generator``)."""
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar
 
 import torch
@@ -11,43 +13,8 @@ from torch import Tensor
 from privfl.core import check_updates
 
 
-def number(name: str, value: object, *, lo: float | None = None, hi: float | None = None, lo_open: bool = True,
-           hi_open: bool = False, allowed: str | None = None) -> float:
-    """A finite real number within (lo, hi] (bounds' openness configurable)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and lo is not None:
-        ok = value > lo if lo_open else value >= lo
-    if ok and hi is not None:
-        ok = value < hi if hi_open else value <= hi
-    if not ok:
-        if allowed is None:
-            left = "any" if lo is None else f"{'(' if lo_open else '['}{lo}"
-            right = "" if hi is None else f"{hi}{')' if hi_open else ']'}"
-            allowed = f"a finite number in {left}, {right or '∞)'}" if lo is not None else "a finite number"
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
-    return float(value)
-
-
-def integer(name: str, value: object, *, lo: int, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
-        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-        raise ValueError(f"{name} must be an int {rng}, got {value!r}")
-    return int(value)
-
-
-def boolean(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
-    return value
-
-
 def updates(x: Tensor, name: str = "x") -> None:
     check_updates(x, name=name, min_rows=0)
-
-
-def generator(g: object) -> None:
-    if g is not None and not isinstance(g, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(g).__name__}")
 
 
 def _batched(x: Tensor) -> bool:

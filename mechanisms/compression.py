@@ -29,7 +29,7 @@ from torch import Tensor
 from privfl.core import Mechanism, PrivacyGuarantee
 from privfl.flat import ParamLayout
 from privfl.mechanisms import _checks
-from privfl.params import Int, Real
+from privfl.params import Int, Real, check_generator
 from privfl.registry import register
 
 __all__ = ["TopK", "Quantize", "FP16"]
@@ -75,7 +75,7 @@ class TopK(_PerTensor):
     }
 
     def __init__(self, sparsity: float = 0.9) -> None:
-        self.sparsity = _checks.number("sparsity", sparsity, lo=0.0, hi=1.0, lo_open=False, hi_open=True)
+        self.sparsity = float(sparsity)
 
     def privatize(
         self, x: Tensor, *, generator: torch.Generator | None = None, client_ids: Tensor | None = None
@@ -110,13 +110,13 @@ class Quantize(_PerTensor):
     }
 
     def __init__(self, bits: int = 8) -> None:
-        self.bits = _checks.integer("bits", bits, lo=1, hi=16)
+        self.bits = int(bits)
 
     def privatize(
         self, x: Tensor, *, generator: torch.Generator | None = None, client_ids: Tensor | None = None
     ) -> Tensor:
         _checks.updates(x)
-        _checks.generator(generator)
+        check_generator(generator, owner=self.name)
         _checks.require_finite(x, self.name)
         levels = (1 << self.bits) - 1
         out = torch.empty_like(x)

@@ -42,7 +42,7 @@ from torch import Tensor
 from privfl.accounting import distributed
 from privfl.core import InputDomain, Mechanism, PrivacyGuarantee
 from privfl.mechanisms import _checks
-from privfl.params import Int, Real
+from privfl.params import Constraint, Int, Real, check_generator
 from privfl.registry import register
 from privfl.seeding import make_generator
 
@@ -99,18 +99,20 @@ class IntegerSecAggMechanism(Mechanism):
     unbiased = False  # modular wrap-around and the norm-conditioned rounding bias it (slightly)
     nonfinite = "zero"  # a NaN/±Inf row becomes the zero vector before clipping, counted in nonfinite_replaced
     k_default = 4.0
+    param_constraints = (
+        Constraint(("bits", "num_clients", "k_stddevs"),
+                   lambda v: 2.0 ** (2 * v["bits"]) > v["num_clients"] * v["k_stddevs"] ** 2,
+                   "bits is too small for num_clients and k_stddevs: need 2^(2·bits) > num_clients·k_stddevs²"),
+    )
 
     def __init__(self, clip_norm: float, noise_multiplier: float, num_clients: int, bits: int, beta: float,
                  k_stddevs: float) -> None:
-        self.clip_norm = _checks.number("clip_norm", clip_norm, lo=0.0)
-        self.noise_multiplier = _checks.number("noise_multiplier", noise_multiplier, lo=0.0)
-        self.num_clients = _checks.integer("num_clients", num_clients, lo=1, hi=1 << 20)
-        self.bits = _checks.integer("bits", bits, lo=8, hi=40)
-        self.beta = _checks.number("beta", beta, lo=0.0, hi=1.0, lo_open=False, hi_open=True)
-        self.k_stddevs = _checks.number("k_stddevs", k_stddevs, lo=0.0)
-        if 2.0 ** (2 * self.bits) <= self.num_clients * self.k_stddevs**2:
-            raise ValueError(f"bits = {bits} is too small for num_clients = {num_clients} and k_stddevs = "
-                             f"{k_stddevs}: need 2^(2·bits) > num_clients·k_stddevs²")
+        self.clip_norm = float(clip_norm)
+        self.noise_multiplier = float(noise_multiplier)
+        self.num_clients = int(num_clients)
+        self.bits = int(bits)
+        self.beta = float(beta)
+        self.k_stddevs = float(k_stddevs)
         self.modulus = 1 << self.bits
         self.dim: int | None = None
         self.nonfinite_replaced = 0
@@ -122,7 +124,7 @@ class IntegerSecAggMechanism(Mechanism):
 
     def bind_dim(self, dim: int) -> None:
         """Fix the update dimension d the guarantee is stated for."""
-        self.dim = _checks.integer("dim", dim, lo=1)
+        self.dim = int(Int(1, None).check("dim", dim, owner=self.name))
 
     def bind_layout(self, layout) -> None:
         self.bind_dim(int(layout.dim))
@@ -185,7 +187,7 @@ class IntegerSecAggMechanism(Mechanism):
                   client_ids: Tensor | None = None) -> Tensor:
         """Integer reports in [0, 2^bits) (int64), ``[n, D]`` with D the padded dimension."""
         _checks.updates(x)
-        _checks.generator(generator)
+        check_generator(generator, owner=self.name)
         n, d = x.shape
         self.dim = d
         s = self.scale(d)
@@ -240,7 +242,7 @@ class IntegerSecAggMechanism(Mechanism):
 
     def sum_guarantee(self, n: int) -> PrivacyGuarantee:
         """One client's contribution inside the sum of ``n`` honest reports (secure aggregation)."""
-        return self._guarantee(_checks.integer("n", n, lo=1))
+        return self._guarantee(int(Int(1, None).check("n", n, owner=self.name)))
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(clip_norm={self.clip_norm}, noise_multiplier={self.noise_multiplier}, "

@@ -112,9 +112,9 @@ from torch import Tensor
 from privfl.accounting.guarantees import gaussian_guarantee
 from privfl.core import InputDomain, Mechanism, PrivacyGuarantee
 from privfl.mechanisms import _checks
-from privfl.params import Int, Real, Ref
+from privfl.params import Int, Real, check_generator
 from privfl.registry import register
-from privfl.secagg import SecureAggregation
+from privfl.secagg import FRAC_BITS, MODULUS_BITS, SecureAggregation
 
 __all__ = ["MomentumState", "DPBREM", "DPBREMPlus", "SecureAggregation"]
 
@@ -183,11 +183,11 @@ class DPBREM(Mechanism):
         batch_size: int = 16,
         momentum: float = 0.9,
     ) -> None:
-        self.clip_norm = _checks.number("clip_norm", clip_norm, lo=0.0)
-        self.noise_multiplier = _checks.number("noise_multiplier", noise_multiplier, lo=0.0)
-        self.record_clip = _checks.number("record_clip", record_clip, lo=0.0)
-        self.batch_size = _checks.integer("batch_size", batch_size, lo=1)
-        self.momentum = _checks.number("momentum", momentum, lo=0.0, hi=1.0, lo_open=False, hi_open=True)
+        self.clip_norm = float(clip_norm)
+        self.noise_multiplier = float(noise_multiplier)
+        self.record_clip = float(record_clip)
+        self.batch_size = int(batch_size)
+        self.momentum = float(momentum)
         self.state = MomentumState()
         self.nonfinite_replaced = 0
 
@@ -204,7 +204,7 @@ class DPBREM(Mechanism):
 
     def sensitivity(self, k: int) -> float:
         """Δ_k = min(2C, (1 − β^k)·R/B): ℓ2 sensitivity of a release at a client's k-th participation."""
-        k = _checks.integer("k", k, lo=1)
+        k = int(Int(1, None).check("k", k, owner=self.name))
         return min(2.0 * self.clip_norm, (1.0 - self.momentum**k) * self.record_clip / self.batch_size)
 
     def domain(self) -> InputDomain:
@@ -283,7 +283,7 @@ class DPBREM(Mechanism):
     ) -> Tensor:
         """m̄ ← m̄ + (Σ clip_C(m_i − m̄) + N(0, s² I)) / |sel|; returns the new m̄ (gradient units)."""
         _checks.updates(reports, "reports")
-        _checks.generator(generator)
+        check_generator(generator, owner=self.name)
         rows = reports if byzantine is None or byzantine.shape[0] == 0 else torch.cat(
             [reports, byzantine.to(reports.dtype)]
         )
@@ -322,8 +322,8 @@ class DPBREMPlus(DPBREM):
     param_space = {
         **DPBREM.param_space,
         "min_honest": Real(0, 1, lo_open=True),
-        "frac_bits": Int(0, 40, typical=(8, 24)),
-        "modulus_bits": Int((8, Ref("frac_bits", 3)), 62),
+        "frac_bits": FRAC_BITS,
+        "modulus_bits": MODULUS_BITS,
     }
 
     def __init__(
@@ -338,14 +338,14 @@ class DPBREMPlus(DPBREM):
         modulus_bits: int = 48,
     ) -> None:
         super().__init__(clip_norm, noise_multiplier, record_clip, batch_size, momentum)
-        self.min_honest = _checks.number("min_honest", min_honest, lo=0.0, hi=1.0)
+        self.min_honest = float(min_honest)
         self.secagg = SecureAggregation(frac_bits=frac_bits, modulus_bits=modulus_bits)
 
     def privatize(
         self, x: Tensor, *, generator: torch.Generator | None = None, client_ids: Tensor | None = None
     ) -> Tensor:
         """Masked fixed-point reports (int64 in Z_M) of clip_C(m_i − m̄) + ξ_i."""
-        _checks.generator(generator)
+        check_generator(generator, owner=self.name)
         m, dev_ids = self._update_momentum(x, client_ids)
         n = x.shape[0]
         if n == 0:

@@ -35,7 +35,7 @@ from torch import Tensor
 from privfl.core import Mechanism, PrivacyGuarantee
 from privfl.flat import ParamLayout
 from privfl.mechanisms import _checks
-from privfl.params import Choice, Real
+from privfl.params import Choice, Constraint, Real, check_generator
 from privfl.registry import register
 
 __all__ = ["FedRand"]
@@ -64,14 +64,13 @@ class FedRand(Mechanism):
         "release_prob": Real(0, 1, lo_open=True, typical=(0.25, 0.75)),
         "granularity": Choice("layer", "tensor", contextual=("lora",)),  # lora: needs bind_layout with adapters
     }
+    param_constraints = (
+        Constraint(("granularity", "release_prob"), lambda v: v["granularity"] != "lora" or v["release_prob"] == 0.5,
+                   "granularity='lora' releases one of A/B with probability 1/2: release_prob must be 0.5"),
+    )
 
     def __init__(self, release_prob: float = 0.5, granularity: str = "layer") -> None:
-        self.release_prob = _checks.number("release_prob", release_prob, lo=0.0, hi=1.0)
-        if granularity not in GRANULARITIES:
-            raise ValueError(f"granularity must be one of {', '.join(map(repr, GRANULARITIES))}, got {granularity!r}")
-        if granularity == "lora" and self.release_prob != 0.5:
-            raise ValueError(f"granularity='lora' releases one of A/B with probability 1/2: release_prob must be "
-                             f"0.5, got {release_prob!r}")
+        self.release_prob = float(release_prob)
         self.granularity = granularity
         self.layout: ParamLayout | None = None
         # group id of every tensor, and for lora pairs the partner's group (-1: independent)
@@ -144,7 +143,7 @@ class FedRand(Mechanism):
         self, x: Tensor, *, generator: torch.Generator | None = None, client_ids: Tensor | None = None
     ) -> Tensor:
         _checks.updates(x)
-        _checks.generator(generator)
+        check_generator(generator, owner=self.name)
         _checks.require_finite(x, self.name)  # non-finite policy "raise", as the compressors
         limit = torch.finfo(x.dtype).max * self.release_prob  # decode's 1/release_prob must stay finite
         if x.numel() and bool((x.abs() > limit).any()):

@@ -40,7 +40,7 @@ from torch import Tensor
 from privfl.accounting.guarantees import gaussian_guarantee
 from privfl.core import InputDomain, Mechanism, PrivacyGuarantee
 from privfl.mechanisms import _checks
-from privfl.params import Choice, Real
+from privfl.params import Choice, Real, check_generator
 from privfl.registry import register
 from privfl.secure_rng import add_gaussian, discrete_gaussian_guarantee
 
@@ -76,9 +76,9 @@ class GaussianMechanism(Mechanism):
         if local is None:
             raise ValueError(f"{self.name}: local is required (the noise is added by the server or by each "
                              f"client); say {_ROLES}")
-        self.clip_norm = _checks.number("clip_norm", clip_norm, lo=0.0)
-        self.noise_multiplier = _checks.number("noise_multiplier", noise_multiplier, lo=0.0, lo_open=False)
-        self.local = _checks.boolean("local", local)
+        self.clip_norm = float(clip_norm)
+        self.noise_multiplier = float(noise_multiplier)
+        self.local = local
         self.nonfinite_replaced = 0
 
     @property
@@ -108,7 +108,7 @@ class GaussianMechanism(Mechanism):
         self, x: Tensor, *, generator: torch.Generator | None = None, client_ids: Tensor | None = None
     ) -> Tensor:
         _checks.updates(x)
-        _checks.generator(generator)
+        check_generator(generator, owner=self.name)
         clipped = self.clip(x)
         if not self.local or self.noise_multiplier == 0:
             return clipped
@@ -130,13 +130,13 @@ class GaussianMechanism(Mechanism):
         if not self.central:
             return super().aggregate(reports, byzantine=byzantine, expected_rows=expected_rows, generator=generator)
         _checks.updates(reports, "reports")
-        _checks.generator(generator)
+        check_generator(generator, owner=self.name)
         rows = reports if byzantine is None or byzantine.shape[0] == 0 else torch.cat(
             [reports, byzantine.to(reports.dtype)]
         )
         if expected_rows is None:
             expected_rows = float(rows.shape[0])
-        expected_rows = _checks.number("expected_rows", expected_rows, lo=0.0)
+        expected_rows = float(Real(0, None, lo_open=True).check("expected_rows", expected_rows, owner=self.name))
         if self.noise_multiplier == 0:
             return self.clip(rows).sum(dim=0) / expected_rows
         total = add_gaussian(self.clip(rows), self.noise_std, generator=generator, rng=self.rng,

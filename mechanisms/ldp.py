@@ -46,7 +46,7 @@ from torch import Tensor
 
 from privfl.accounting.guarantees import pmf_guarantee
 from privfl.core import InputDomain, Mechanism, PrivacyGuarantee
-from privfl.params import Int, Real
+from privfl.params import Int, Real, check_generator
 from privfl.registry import register
 
 __all__ = [
@@ -65,7 +65,6 @@ __all__ = [
     "grr_perturb",
     "column_counts",
     "bits_to_index",
-    "check_category",
     "ue_bit_pmfs",
     "olh_default_g",
 ]
@@ -77,31 +76,6 @@ _UE_CHUNK_ELEMENTS = 1 << 21  # users × categories drawn at once by unary encod
 # --------------------------------------------------------------------------------------------
 # Validation at the public entry points
 # --------------------------------------------------------------------------------------------
-def check_k(k: Any, *, name: str = "k") -> int:
-    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 2:
-        raise ValueError(f"{name} (domain size) must be an integer >= 2, got {k!r}")
-    return int(k)
-
-
-def check_eps(eps: Any, *, name: str) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number, got {type(eps).__name__} {eps!r}")
-    eps = float(eps)
-    if not (math.isfinite(eps) and eps > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {eps!r}")
-    return eps
-
-
-def check_g(g: Any, *, name: str = "g") -> int:
-    if not isinstance(g, (int, np.integer)) or isinstance(g, bool):
-        raise TypeError(f"{name} (hashed domain size) must be an integer >= 2, got {type(g).__name__} {g!r}")
-    if g < 2:
-        raise ValueError(f"{name} (hashed domain size) must be an integer >= 2, got {g!r}")
-    if g > HASH_PRIME:
-        raise ValueError(f"{name} must be <= {HASH_PRIME} (the hash family's prime), got {g!r}")
-    return int(g)
-
-
 def check_values(values: Any, k: int, *, name: str = "values") -> Tensor:
     """A ``[n]`` int64 tensor of category ids in ``[0, k)`` with ``n >= 1``."""
     if not isinstance(values, Tensor):
@@ -118,17 +92,6 @@ def check_values(values: Any, k: int, *, name: str = "values") -> Tensor:
         bad = lo if lo < 0 else hi
         raise ValueError(f"{name} must lie in [0, k) = [0, {k}), got a value {bad}")
     return values
-
-
-def check_generator(generator: Any, device: torch.device) -> torch.Generator | None:
-    if generator is None:
-        return None
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    if torch.device(generator.device).type != device.type:
-        raise ValueError(f"generator is on device {generator.device} but the values are on {device}; "
-                         "create the generator on the values' device")
-    return generator
 
 
 def check_client_ids(client_ids: Any, n: int, device: torch.device) -> Tensor:
@@ -326,12 +289,6 @@ def hash_indicator(seeds: Tensor, y: Tensor, g: int, k: int) -> Tensor:
     return torch.div(r * g, HASH_PRIME, rounding_mode="floor") == y[:, None]
 
 
-def check_category(v: Any, k: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < k:
-        raise ValueError(f"v must be a category id in [0, k) = [0, {k}), got {v!r}")
-    return int(v)
-
-
 def ue_bit_pmfs(k: int, v: int, a: float, b: float) -> np.ndarray:
     """``[k, 2]`` per-bit pmfs of a unary encoding: bit ``v`` is 1 w.p. ``a``, every other bit w.p. ``b``."""
     one = np.full(k, b)
@@ -412,8 +369,7 @@ class FrequencyOracle(Mechanism):
         ``freqs`` are the true frequencies ``f`` (``[k]``); ``None`` gives the usual approximation
         at ``f = 0`` (the variance quoted in the papers), the same for every category.
         """
-        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"n must be an integer >= 1 (number of users), got {n!r}")
+        n = int(Int(1, None).check("n", n, owner=self.name))  # the number of users
         a, b = self.support_probabilities()
         f = torch.zeros(self.k, dtype=torch.float64) if freqs is None else torch.as_tensor(freqs, dtype=torch.float64)
         if f.shape != (self.k,):
@@ -432,7 +388,7 @@ class FrequencyOracle(Mechanism):
         """Exact pmf of the report's outcome (the enumeration of :meth:`transition_matrix`) for the value
         ``v``, given the report's public part ``public`` (:meth:`report_outcomes`); ``options`` go to
         :meth:`transition_matrix` (e.g. ``stage="permanent"`` for memoizing protocols)."""
-        v = check_category(v, self.k)
+        v = int(Int(0, self.k - 1).check("v", v, owner=self.name))
         if public is not None:
             if self.public_key is None:
                 raise ValueError(f"{self.name} reports carry no public randomness, got public={public!r}")
@@ -462,15 +418,15 @@ class GRR(FrequencyOracle):
     }
 
     def __init__(self, k: int, eps: float):
-        self.k = check_k(k)
-        self.eps = check_eps(eps, name="eps")
+        self.k = int(k)
+        self.eps = float(eps)
         self.p = math.exp(self.eps) / (math.exp(self.eps) + self.k - 1)
         self.q = (1 - self.p) / (self.k - 1)
 
     def privatize(self, values: Tensor, *, generator: torch.Generator | None = None,
                   client_ids: Tensor | None = None) -> Tensor:
         values = check_values(values, self.k)
-        generator = check_generator(generator, values.device)
+        generator = check_generator(generator, owner=self.name, device=values.device)
         check_client_ids(client_ids, values.shape[0], values.device)
         return grr_perturb(values, self.k, self.p, generator)
 
@@ -566,11 +522,9 @@ class OLH(HashedReports, FrequencyOracle):
     }
 
     def __init__(self, k: int, eps: float, g: int | None = None):
-        self.k = check_k(k)
-        if self.k > HASH_PRIME:
-            raise ValueError(f"k must be <= {HASH_PRIME} for the hash family, got {k!r}")
-        self.eps = check_eps(eps, name="eps")
-        self.g = olh_default_g(self.eps) if g is None else check_g(g)
+        self.k = int(k)
+        self.eps = float(eps)
+        self.g = olh_default_g(self.eps) if g is None else int(g)
         self.p = math.exp(self.eps) / (math.exp(self.eps) + self.g - 1)
         self.q = (1 - self.p) / (self.g - 1)
         self.collision = hash_collision_probability(self.g)
@@ -578,7 +532,7 @@ class OLH(HashedReports, FrequencyOracle):
     def privatize(self, values: Tensor, *, generator: torch.Generator | None = None,
                   client_ids: Tensor | None = None) -> Tensor:
         values = check_values(values, self.k)
-        generator = check_generator(generator, values.device)
+        generator = check_generator(generator, owner=self.name, device=values.device)
         check_client_ids(client_ids, values.shape[0], values.device)
         seeds = draw_hash_seeds(values.shape[0], generator, values.device)
         y = grr_perturb(hash_values(seeds, values, self.g), self.g, self.p, generator)
@@ -609,13 +563,13 @@ class _UnaryEncoding(FrequencyOracle):
     q: float
 
     def _init(self, k: int, eps: float) -> None:
-        self.k = check_k(k)
-        self.eps = check_eps(eps, name="eps")
+        self.k = int(k)
+        self.eps = float(eps)
 
     def privatize(self, values: Tensor, *, generator: torch.Generator | None = None,
                   client_ids: Tensor | None = None) -> Tensor:
         values = check_values(values, self.k)
-        generator = check_generator(generator, values.device)
+        generator = check_generator(generator, owner=self.name, device=values.device)
         check_client_ids(client_ids, values.shape[0], values.device)
         onehot = values[:, None] == torch.arange(self.k, device=values.device)
         return bernoulli_bits(onehot, self.p, self.q, generator)
@@ -651,7 +605,7 @@ class _UnaryEncoding(FrequencyOracle):
         """``[k, 2]``: the report's bits are independent, bit ``j`` is 1 w.p. ``p`` (j = v) or ``q``."""
         if public is not None:
             raise ValueError(f"{self.name} reports carry no public randomness, got public={public!r}")
-        return ue_bit_pmfs(self.k, int(check_category(v, self.k)), self.p, self.q)
+        return ue_bit_pmfs(self.k, int(Int(0, self.k - 1).check("v", v, owner=self.name)), self.p, self.q)
 
     def report_outcomes(self, reports: Tensor) -> tuple[Tensor, Tensor | None]:
         """``[n, k]`` bits: outcome of each component of :meth:`output_pmf`."""

@@ -41,8 +41,6 @@ from privfl.mechanisms.ldp import (
     K_HASHED,
     HashedReports,
     _guarantee,
-    check_g,
-    check_k,
     draw_hash_seeds,
     grr_perturb,
     grr_pmf_pair,
@@ -54,8 +52,7 @@ from privfl.mechanisms.longitudinal import (
     EPS_1,
     EPS_INF,
     LongitudinalOracle,
-    check_calibration,
-    check_eps_pair,
+    eps_pair,
     grr_chain,
     instantaneous_grr_p,
 )
@@ -109,12 +106,10 @@ class LOLOHA(HashedReports, LongitudinalOracle):
 
     def __init__(self, k: int, eps_inf: float, eps_1: float | None = None, g: int | None = None,
                  calibration: str = "paper"):
-        self.k = check_k(k)
-        if self.k > HASH_PRIME:
-            raise ValueError(f"k must be <= {HASH_PRIME} for the hash family, got {k!r}")
-        self.eps_inf, self.eps_1 = check_eps_pair(eps_inf, eps_1)
-        self.calibration = check_calibration(calibration)
-        self.g = optimal_g(self.eps_inf, self.eps_1 / self.eps_inf) if g is None else check_g(g)
+        self.k = int(k)
+        self.eps_inf, self.eps_1 = eps_pair(eps_inf, eps_1)
+        self.calibration = calibration
+        self.g = optimal_g(self.eps_inf, self.eps_1 / self.eps_inf) if g is None else int(g)
         g = self.g
         self.p1 = math.exp(self.eps_inf) / (math.exp(self.eps_inf) + g - 1)
         self.q1 = (1 - self.p1) / (g - 1)

@@ -57,11 +57,7 @@ from privfl.mechanisms.ldp import (
     _guarantee,
     bernoulli_bits,
     bits_to_index,
-    check_category,
     check_client_ids,
-    check_eps,
-    check_generator,
-    check_k,
     check_reports,
     check_values,
     column_counts,
@@ -71,7 +67,7 @@ from privfl.mechanisms.ldp import (
     ue_pmf_pair,
 )
 from privfl.mechanisms.user_state import UserState, pack_bits, unpack_bits
-from privfl.params import Choice, Int, Real, Ref
+from privfl.params import Choice, Int, Real, Ref, check_generator
 from privfl.registry import register
 
 __all__ = [
@@ -96,21 +92,10 @@ _KEY_LIMIT = (1 << 62)
 # --------------------------------------------------------------------------------------------
 # Calibration of the two-stage (chained) randomized responses
 # --------------------------------------------------------------------------------------------
-def check_eps_pair(eps_inf: Any, eps_1: Any) -> tuple[float, float]:
-    """``0 < eps_1 < eps_inf``; ``eps_1=None`` means ``DEFAULT_ALPHA · eps_inf``."""
-    eps_inf = check_eps(eps_inf, name="eps_inf")
-    eps_1 = DEFAULT_ALPHA * eps_inf if eps_1 is None else check_eps(eps_1, name="eps_1")
-    if not eps_1 < eps_inf:
-        raise ValueError(f"eps_1 (first-report budget) must be < eps_inf (permanent budget): got eps_1={eps_1!r} "
-                         f">= eps_inf={eps_inf!r}; allowed: 0 < eps_1 < eps_inf")
-    return eps_inf, eps_1
-
-
-def check_calibration(calibration: Any) -> str:
-    if calibration not in ("paper", "exact"):
-        raise ValueError(f"calibration must be 'paper' (the papers' instantaneous GRR) or 'exact' (first report "
-                         f"exactly eps_1-LDP), got {calibration!r}")
-    return calibration
+def eps_pair(eps_inf: float, eps_1: float | None) -> tuple[float, float]:
+    """``(eps_inf, eps_1)`` as floats; ``eps_1=None`` means ``DEFAULT_ALPHA · eps_inf`` (``param_space``
+    declares ``0 < eps_1 < eps_inf``)."""
+    return float(eps_inf), DEFAULT_ALPHA * float(eps_inf) if eps_1 is None else float(eps_1)
 
 
 def instantaneous_grr_p(eps_inf: float, eps_1: float, d: int, calibration: str = "paper") -> float:
@@ -203,7 +188,7 @@ class LongitudinalOracle(FrequencyOracle):
         """One collection: each listed user reports its current value (joining on its first report)."""
         values = check_values(values, self.k)
         device = values.device
-        generator = check_generator(generator, device)
+        generator = check_generator(generator, owner=self.name, device=device)
         ids = check_client_ids(client_ids, values.shape[0], device)
         self._check_ids_fit(ids)
         state = self.state.to(device)
@@ -344,9 +329,9 @@ class LGRR(LongitudinalOracle):
     }
 
     def __init__(self, k: int, eps_inf: float, eps_1: float | None = None, calibration: str = "paper"):
-        self.k = check_k(k)
-        self.eps_inf, self.eps_1 = check_eps_pair(eps_inf, eps_1)
-        self.calibration = check_calibration(calibration)
+        self.k = int(k)
+        self.eps_inf, self.eps_1 = eps_pair(eps_inf, eps_1)
+        self.calibration = calibration
         self.p1 = math.exp(self.eps_inf) / (math.exp(self.eps_inf) + self.k - 1)
         self.p2 = instantaneous_grr_p(self.eps_inf, self.eps_1, self.k, self.calibration)
         self.same, self.other = grr_chain(self.p1, self.p2, self.k)
@@ -424,8 +409,8 @@ class _LongitudinalUE(LongitudinalOracle):
     q2: float
 
     def _init(self, k: int, eps_inf: float, eps_1: float | None) -> None:
-        self.k = check_k(k)
-        self.eps_inf, self.eps_1 = check_eps_pair(eps_inf, eps_1)
+        self.k = int(k)
+        self.eps_inf, self.eps_1 = eps_pair(eps_inf, eps_1)
 
     def _finish(self) -> None:
         self.same = self.p1 * self.p2 + (1 - self.p1) * self.q2
@@ -494,7 +479,7 @@ class _LongitudinalUE(LongitudinalOracle):
         if public is not None:
             raise ValueError(f"{self.name} reports carry no public randomness, got public={public!r}")
         a, b = (self.p1, self.q1) if stage == "permanent" else (self.same, self.other)
-        return ue_bit_pmfs(self.k, check_category(v, self.k), a, b)
+        return ue_bit_pmfs(self.k, int(Int(0, self.k - 1).check("v", v, owner=self.name)), a, b)
 
     def report_outcomes(self, reports: Tensor) -> tuple[Tensor, Tensor | None]:
         """``[n, k]`` bits: outcome of each component of :meth:`output_pmf`."""
@@ -578,10 +563,8 @@ class DBitFlipPM(LongitudinalOracle):
     }
 
     def __init__(self, k: int, eps_inf: float, d: int = 1):
-        self.k = check_k(k)
-        self.eps_inf = check_eps(eps_inf, name="eps_inf")
-        if not isinstance(d, (int, np.integer)) or isinstance(d, bool) or not 1 <= d <= self.k:
-            raise ValueError(f"d (sampled buckets per user) must be an integer in [1, k] = [1, {self.k}], got {d!r}")
+        self.k = int(k)
+        self.eps_inf = float(eps_inf)
         self.d = int(d)
         self.p = math.exp(self.eps_inf / 2) / (math.exp(self.eps_inf / 2) + 1)
         self.q = 1 - self.p
@@ -641,8 +624,7 @@ class DBitFlipPM(LongitudinalOracle):
 
     def variance(self, n: int, freqs: Any = None) -> Tensor:
         """Exact: ``k/(n d) · [p q / (p − q)² + f (1 − d/k)]`` per category (``freqs=None``: f = 0)."""
-        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"n must be an integer >= 1 (number of users), got {n!r}")
+        n = int(Int(1, None).check("n", n, owner=self.name))  # the number of users
         f = torch.zeros(self.k, dtype=torch.float64) if freqs is None else torch.as_tensor(freqs, dtype=torch.float64)
         if f.shape != (self.k,):
             raise ValueError(f"freqs must have shape [k] = [{self.k}], got {tuple(f.shape)}")

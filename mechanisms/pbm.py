@@ -35,7 +35,7 @@ from privfl.accounting.guarantees import pmf_guarantee
 from privfl.core import InputDomain, Mechanism, PrivacyGuarantee
 from privfl.mechanisms import _checks
 from privfl.mechanisms.rqm import index_dtype
-from privfl.params import Int, Real
+from privfl.params import Int, Real, check_generator
 from privfl.registry import register
 
 __all__ = ["PBM"]
@@ -74,9 +74,9 @@ class PBM(_checks.CoordinateOutcomes, Mechanism):
     }
 
     def __init__(self, c: float = 1.0, m: int = 16, theta: float = 0.25) -> None:
-        self.c = _checks.number("c", c, lo=0.0)
-        self.m = _checks.integer("m", m, lo=1, hi=1 << 20)
-        self.theta = _checks.number("theta", theta, lo=0.0, hi=0.25)
+        self.c = float(c)
+        self.m = int(m)
+        self.theta = float(theta)
         self.report_bits = max(1, math.ceil(math.log2(self.m + 1)))
         self.nonfinite_replaced = 0
 
@@ -93,7 +93,7 @@ class PBM(_checks.CoordinateOutcomes, Mechanism):
 
     def output_pmf(self, x: float) -> np.ndarray:
         """Exact pmf of Z over 0..m for the scalar input ``x`` (clipped to [−c, c])."""
-        x = float(np.clip(_checks.number("x", x), -self.c, self.c))
+        x = float(np.clip(Real().check("x", x, owner=self.name), -self.c, self.c))
         return binom.pmf(np.arange(self.m + 1), self.m, self.success_probability(x))
 
     def privatize(
@@ -101,7 +101,7 @@ class PBM(_checks.CoordinateOutcomes, Mechanism):
     ) -> Tensor:
         """Binomial counts ``[n, d]`` (uint8 for m ≤ 255)."""
         _checks.updates(x)
-        _checks.generator(generator)
+        check_generator(generator, owner=self.name)
         x, replaced = _checks.zero_nonfinite_rows(x)  # non-finite policy "zero" (counted)
         self.nonfinite_replaced += replaced
         p = self.success_probability(x.clamp(-self.c, self.c))
@@ -131,7 +131,7 @@ class PBM(_checks.CoordinateOutcomes, Mechanism):
         """One client's report inside the sum of ``n`` PBM reports (secure aggregation), per coordinate:
         the exact worst case over every client's input (:func:`privfl.accounting.distributed.pbm_sum_rdp`).
         ``n = 1`` (or n·m > 4096, beyond the exact computation) gives the local guarantee."""
-        n = _checks.integer("n", n, lo=1)
+        n = int(Int(1, None).check("n", n, owner=self.name))
         if n == 1 or n * self.m > 4096:
             return self.guarantee()
         return _pbm_sum_guarantee(n, self.m, self.theta, self.c)

@@ -46,7 +46,7 @@ from privfl.accounting import distributed
 from privfl.accounting.guarantees import pmf_guarantee
 from privfl.core import InputDomain, Mechanism, PrivacyGuarantee
 from privfl.mechanisms import _checks
-from privfl.params import Int, Real
+from privfl.params import Int, Real, check_generator
 from privfl.registry import register
 from privfl.secure_rng import rand
 
@@ -113,12 +113,10 @@ class RQM(_checks.CoordinateOutcomes, Mechanism):
     }
 
     def __init__(self, c: float = 1.0, delta: float = 1.0, m: int = 5, q: float = 0.5) -> None:
-        self.c = _checks.number("c", c, lo=0.0)
-        self.delta = _checks.number(
-            "delta", delta, lo=0.0, allowed="a finite number > 0 (Δ = 0 makes the outputs at ±c deterministic: ε = ∞)"
-        )
-        self.m = _checks.integer("m", m, lo=2, hi=1 << 20)
-        self.q = _checks.number("q", q, lo=0.0, hi=1.0)
+        self.c = float(c)
+        self.delta = float(delta)
+        self.m = int(m)
+        self.q = float(q)
         self.step = 2.0 * (self.c + self.delta) / (self.m - 1)
         self.report_bits = max(1, math.ceil(math.log2(self.m)))
         self.nonfinite_replaced = 0
@@ -138,7 +136,7 @@ class RQM(_checks.CoordinateOutcomes, Mechanism):
 
     def output_pmf(self, x: float) -> np.ndarray:
         """Exact output distribution (over level indices) for the scalar input ``x`` (clipped to [−c, c])."""
-        x = float(np.clip(_checks.number("x", x), -self.c, self.c))
+        x = float(np.clip(Real().check("x", x, owner=self.name), -self.c, self.c))
         m, q = self.m, self.q
         pos = (x + self.c + self.delta) / self.step
         j = int(min(max(math.floor(pos), 0), m - 2))
@@ -165,7 +163,7 @@ class RQM(_checks.CoordinateOutcomes, Mechanism):
     ) -> Tensor:
         """Level indices ``[n, d]`` (uint8 for m ≤ 256), one independent RQM draw per coordinate."""
         _checks.updates(x)
-        _checks.generator(generator)
+        check_generator(generator, owner=self.name)
         m = self.m
         # In-place arithmetic on a few [n, d] buffers: this is the hot path ([100, 1e6] in the benchmark).
         x, replaced = _checks.zero_nonfinite_rows(x)  # non-finite policy "zero" (counted)
@@ -212,7 +210,7 @@ class RQM(_checks.CoordinateOutcomes, Mechanism):
         the worst case over every client's input, proven by vertex enumeration
         (:func:`privfl.accounting.distributed.rqm_sum_worst_rdp`). ``n = 1``, or an enumeration beyond
         ``MAX_CONFIGURATIONS``, gives the local guarantee (valid for the sum by post-processing)."""
-        n = _checks.integer("n", n, lo=1)
+        n = int(Int(1, None).check("n", n, owner=self.name))
         verts = len(distributed.rqm_vertices(self))
         if n == 1 or math.comb(n - 1 + verts - 1, verts - 1) > distributed.MAX_CONFIGURATIONS:
             return self.guarantee()

@@ -105,7 +105,9 @@ def _validated_init(cls: type, init: Callable[..., None]) -> Callable[..., None]
         if next(c for c in type(self).__mro__ if "__init__" in c.__dict__) is cls:
             bound = signature.bind(self, *args, **kwargs)
             explicit = {k: v for k, v in list(bound.arguments.items())[1:] if k not in ("args", "kwargs")}
-            params.check_all(type(self), explicit)
+            bound.apply_defaults()
+            context = {k: v for k, v in list(bound.arguments.items())[1:] if k not in ("args", "kwargs")}
+            params.check_all(type(self), explicit, context)
         init(self, *args, **kwargs)
 
     return __init__
@@ -116,7 +118,8 @@ class Component:
     ``param_space`` (:func:`privfl.params.check_all`) before its ``__init__`` runs — one validation path
     and one error style for every component: ``TypeError`` for a wrong type, ``ValueError`` for a value
     out of range, the message naming the component, the parameter, what is allowed and what it got.
-    Arguments left at their default are the constructor's own business (e.g. ``None`` = "choose")."""
+    Arguments left at their default are the constructor's own business (e.g. ``None`` = "choose"); rules
+    between parameters are declared as ``param_constraints`` (:class:`privfl.params.Constraint`)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -17,32 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from privfl.params import Choice, Constraint, Int, Sizes, validated
 from privfl.registry import register
 
 __all__ = ["MLP", "LeNet", "ConvNet", "ResNet"]
 
 
-def _check_common(model: str, input_shape: object, num_classes: object) -> tuple[int, ...]:
-    if not isinstance(input_shape, (tuple, list)):
-        raise TypeError(
-            f"{model}: input_shape must be a tuple of ints such as (1, 28, 28) or (20,), "
-            f"got {type(input_shape).__name__} {input_shape!r}"
-        )
-    if len(input_shape) == 0 or not all(
-        isinstance(s, int) and not isinstance(s, bool) for s in input_shape
-    ):
-        raise TypeError(
-            f"{model}: input_shape must be a non-empty tuple of ints such as (1, 28, 28) or (20,), "
-            f"got {input_shape!r}"
-        )
-    if any(s < 1 for s in input_shape):
-        raise ValueError(f"{model}: input_shape entries must be >= 1, got {tuple(input_shape)!r}")
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool):
-        raise TypeError(f"{model}: num_classes must be an int >= 1, got {type(num_classes).__name__} "
-                        f"{num_classes!r}")
-    if num_classes < 1:
-        raise ValueError(f"{model}: num_classes must be >= 1, got {num_classes}")
-    return tuple(input_shape)
+#: ``input_shape`` (without the batch dimension) and ``num_classes``, shared by every model
+SHAPE = {"input_shape": Sizes(typical=(1, 8, 8)), "num_classes": Int(1, None, typical=(2, 10))}
 
 
 def _check_image(model: str, shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -53,22 +35,6 @@ def _check_image(model: str, shape: tuple[int, ...]) -> tuple[int, int, int]:
             f"got {shape!r}.{hint}"
         )
     return shape  # type: ignore[return-value]
-
-
-def _check_positive_int(model: str, name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{model}: {name} must be a positive int, got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{model}: {name} must be a positive int, got {value}")
-    return value
-
-
-def _check_choice(model: str, name: str, value: object, allowed: tuple[str, ...]) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"{model}: {name} must be one of {allowed}, got {type(value).__name__} {value!r}")
-    if value not in allowed:
-        raise ValueError(f"{model}: {name} must be one of {allowed}, got {value!r}")
-    return value
 
 
 @torch.no_grad()
@@ -84,6 +50,7 @@ def _flat_size(body: nn.Module, input_shape: tuple[int, ...]) -> int:
 
 
 @register("model", "mlp")
+@validated({**SHAPE, "hidden": Sizes(min_len=0, typical=(16,))}, name="mlp")
 class MLP(nn.Module):
     """Fully connected ReLU network: flatten -> [Linear -> ReLU] x len(hidden) -> Linear.
 
@@ -96,11 +63,8 @@ class MLP(nn.Module):
         self, input_shape: tuple[int, ...], num_classes: int, hidden: tuple[int, ...] = (200, 200)
     ) -> None:
         super().__init__()
-        shape = _check_common("mlp", input_shape, num_classes)
-        if not isinstance(hidden, (tuple, list)):
-            raise TypeError(f"mlp: hidden must be a tuple of positive ints, got {type(hidden).__name__} "
-                            f"{hidden!r}")
-        widths = [_check_positive_int("mlp", f"hidden[{i}]", h) for i, h in enumerate(hidden)]
+        shape = tuple(int(s) for s in input_shape)
+        widths = [int(h) for h in hidden]
         self.input_shape = shape
         self.num_classes = num_classes
         layers: list[nn.Module] = [nn.Flatten()]
@@ -118,6 +82,7 @@ class MLP(nn.Module):
 
 
 @register("model", "lenet")
+@validated({**SHAPE, "init": Choice("uniform", "default")}, name="lenet")
 class LeNet(nn.Module):
     """The sigmoid LeNet of DLG (Zhu, Liu, Han, "Deep Leakage from Gradients", NeurIPS 2019).
 
@@ -131,8 +96,7 @@ class LeNet(nn.Module):
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, init: str = "uniform") -> None:
         super().__init__()
-        shape = _check_image("lenet", _check_common("lenet", input_shape, num_classes))
-        _check_choice("lenet", "init", init, ("uniform", "default"))
+        shape = _check_image("lenet", tuple(int(s) for s in input_shape))
         self.input_shape = shape
         self.num_classes = num_classes
         self.body = nn.Sequential(
@@ -155,6 +119,7 @@ class LeNet(nn.Module):
 
 
 @register("model", "convnet")
+@validated({**SHAPE, "width": Int(1, None, typical=(4, 16))}, name="convnet")
 class ConvNet(nn.Module):
     """Two-block ConvNet of the Inverting Gradients / SME experiments.
 
@@ -167,8 +132,7 @@ class ConvNet(nn.Module):
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, width: int = 64) -> None:
         super().__init__()
-        shape = _check_image("convnet", _check_common("convnet", input_shape, num_classes))
-        _check_positive_int("convnet", "width", width)
+        shape = _check_image("convnet", tuple(int(s) for s in input_shape))
         self.input_shape = shape
         self.num_classes = num_classes
         self.body = nn.Sequential(
@@ -223,6 +187,9 @@ class _BasicBlock(nn.Module):
 
 
 @register("model", "resnet")
+@validated({**SHAPE, "depth": Int(8, None, typical=(8, 8)), "norm": Choice("group", "batch", "none")}, name="resnet",
+           constraints=(Constraint(("depth",), lambda v: (v["depth"] - 2) % 6 == 0,
+                                   "depth must be 6n + 2 with n >= 1 (8, 14, 20, 32, ...)"),))
 class ResNet(nn.Module):
     """CIFAR ResNet (He et al., "Deep Residual Learning for Image Recognition", CVPR 2016, Sec. 4.2).
 
@@ -239,11 +206,7 @@ class ResNet(nn.Module):
         self, input_shape: tuple[int, ...], num_classes: int, depth: int = 8, norm: str = "group"
     ) -> None:
         super().__init__()
-        shape = _check_image("resnet", _check_common("resnet", input_shape, num_classes))
-        _check_positive_int("resnet", "depth", depth)
-        if depth < 8 or (depth - 2) % 6:
-            raise ValueError(f"resnet: depth must be 6n + 2 with n >= 1 (8, 14, 20, 32, ...), got {depth}")
-        _check_choice("resnet", "norm", norm, ("group", "batch", "none"))
+        shape = _check_image("resnet", tuple(int(s) for s in input_shape))
         self.input_shape = shape
         self.num_classes = num_classes
         n = (depth - 2) // 6

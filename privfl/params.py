@@ -19,9 +19,25 @@ Kinds of parameter:
 - :class:`Int` — an integer in ``[lo, hi]`` (closed ends), with the same ``typical``.
 - :class:`Choice` — one of a fixed tuple of values (strings, bools, numbers).
 
+- :class:`Instance` — an object of given classes (``Instance(str)`` for a free-form name).
+- :class:`Registered` — the name of a registered component of a kind, or an instance of its base class.
+- :class:`Sizes` — a tuple (or list) of ints ``>= 1`` (an input shape, hidden widths).
+
 Any bound may be a :class:`Ref` to another parameter (``Ref("eps_inf")``: ``eps_1 < eps_inf``;
 ``Ref("k")``: ``d <= k``; ``Ref("frac_bits", offset=3)``: ``modulus_bits >= frac_bits + 3``), and
 ``optional=True`` says ``None`` is also accepted (the constructor then picks a default).
+A rule between parameters that no bound expresses is a :class:`Constraint` in the class attribute
+``param_constraints`` (checked after the parameters themselves, defaults included)::
+
+    param_constraints = (Constraint(("granularity", "release_prob"),
+                                    lambda v: v["granularity"] != "lora" or v["release_prob"] == 0.5,
+                                    "granularity='lora' needs release_prob = 0.5"),)
+
+Registered functions and classes outside :class:`privfl.core.Component` (datasets, partitions, models)
+declare their space with the :func:`validated` decorator, which checks explicit arguments the same way.
+Arguments of public functions (a ``generator``, a ``delta``, a count) are checked with the same
+types: ``Int(1, None).check("num_clients", value, owner="iid")``, :func:`check_generator`,
+:func:`check_delta` — one message style everywhere.
 A declared space must agree with the constructor: in-range values construct, out-of-range ones raise
 ``ValueError``/``TypeError`` whose message names the parameter (the contract test checks both).
 This module is plain Python; :meth:`Param.strategy` needs ``hypothesis``.
@@ -29,8 +45,11 @@ This module is plain Python; :meth:`Param.strategy` needs ``hypothesis``.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
-from collections.abc import Mapping
+import numbers
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +59,13 @@ __all__ = [
     "Real",
     "Int",
     "Choice",
+    "Instance",
+    "Registered",
+    "Sizes",
+    "Constraint",
+    "validated",
     "space_of",
+    "constraints_of",
     "example_params",
     "invalid_values",
     "boundary_values",
@@ -48,6 +73,16 @@ __all__ = [
     "order",
     "check",
     "check_all",
+    "check_fields",
+    "check_generator",
+    "check_delta",
+    "DELTA",
+    "PROBABILITY",
+    "CONFIDENCE",
+    "OPEN_UNIT",
+    "POSITIVE",
+    "NON_NEGATIVE",
+    "COUNT",
 ]
 
 Bound = "float | int | Ref | None"
@@ -144,7 +179,13 @@ class Param:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A real number: Python or NumPy int/float scalars; never a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    """An integer: Python or NumPy int scalars; never a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -254,7 +295,7 @@ class Int(Param):
         return _refs(self.lo, self.hi)
 
     def has_type(self, value: Any) -> bool:
-        return (isinstance(value, int) and not isinstance(value, bool)) or (value is None and self.optional)
+        return _is_int(value) or (value is None and self.optional)
 
     def bounds(self, values: Mapping[str, Any]) -> tuple[float, float]:
         lo, hi = _resolve(self.lo, values, lower=True), _resolve(self.hi, values, lower=False)
@@ -263,7 +304,7 @@ class Int(Param):
     def contains(self, value: Any, values: Mapping[str, Any] | None = None) -> bool:
         if value is None:
             return self.optional
-        if isinstance(value, bool) or not isinstance(value, int):
+        if not _is_int(value):
             return False
         lo, hi = self.bounds(values or {})
         return lo <= value <= hi
@@ -361,18 +402,258 @@ class Choice(Param):
         return out
 
 
+@dataclass(frozen=True, init=False)
+class Instance(Param):
+    """An object of one of ``classes`` (``Instance(str, optional=True)``: a name or None;
+    ``Instance(torch.Generator, optional=True)``: a generator or None). No range: only its type."""
+
+    classes: tuple[type, ...]
+    optional: bool = False
+
+    def __init__(self, *classes: type, optional: bool = False):
+        if not classes or not all(isinstance(c, type) for c in classes):
+            raise TypeError("Instance needs at least one class")
+        object.__setattr__(self, "classes", tuple(classes))
+        object.__setattr__(self, "optional", optional)
+
+    def has_type(self, value: Any) -> bool:
+        if value is None:
+            return self.optional
+        return isinstance(value, self.classes) and (bool in self.classes or not isinstance(value, bool))
+
+    def contains(self, value: Any, values: Mapping[str, Any] | None = None) -> bool:
+        return self.has_type(value)
+
+    def describe(self) -> str:
+        names = " or ".join(_class_name(c) for c in self.classes)
+        return names + (" or None" if self.optional else "")
+
+    def strategy(self, values: Mapping[str, Any]):
+        from hypothesis import strategies as st
+
+        if self.optional:
+            return st.none()
+        if str in self.classes:
+            return st.text(min_size=1, max_size=8)
+        raise ValueError(f"cannot draw values of {self.describe()}; fix the parameter in the strategy")
+
+    def example(self, values: Mapping[str, Any]) -> Any:
+        if self.optional:
+            return None
+        if str in self.classes:
+            return "x"
+        raise ValueError(f"no example value of {self.describe()}; give one explicitly")
+
+    def invalid(self, values: Mapping[str, Any]) -> list[Any]:
+        out: list[Any] = [] if any(issubclass(float, c) for c in self.classes) else [1.5]
+        if not self.optional:
+            out.append(None)
+        return out
+
+
+def _class_name(cls: type) -> str:
+    return cls.__name__ if cls.__module__ == "builtins" else f"{cls.__module__.split('.')[0]}.{cls.__name__}"
+
+
+@dataclass(frozen=True)
+class Registered(Param):
+    """The name of a component registered under ``kind`` (:func:`privfl.registry.available`), or an
+    instance of ``base`` (a user's own object), e.g. an inversion attack's ``label_strategy``."""
+
+    kind: str
+    base: type | None = None
+    optional: bool = False
+
+    def names(self) -> list[str]:
+        from privfl import registry
+
+        return registry.available(self.kind)
+
+    def has_type(self, value: Any) -> bool:
+        if value is None:
+            return self.optional
+        return isinstance(value, str) or (self.base is not None and isinstance(value, self.base))
+
+    def contains(self, value: Any, values: Mapping[str, Any] | None = None) -> bool:
+        if isinstance(value, str):
+            return value in self.names()
+        return self.has_type(value)
+
+    def describe(self) -> str:
+        text = f"a registered {self.kind} name (one of {', '.join(map(repr, self.names()))})"
+        if self.base is not None:
+            text += f" or a {self.base.__name__}"
+        return text + (" or None" if self.optional else "")
+
+    def strategy(self, values: Mapping[str, Any]):
+        from hypothesis import strategies as st
+
+        base = st.sampled_from(self.names())
+        return st.one_of(st.none(), base) if self.optional else base
+
+    def example(self, values: Mapping[str, Any]) -> Any:
+        return None if self.optional else self.names()[0]
+
+    def invalid(self, values: Mapping[str, Any]) -> list[Any]:
+        return [f"no-such-{self.kind}", 1.5] + ([] if self.optional else [None])
+
+
+@dataclass(frozen=True)
+class Sizes(Param):
+    """A tuple (or list) of ints ``>= 1`` with at least ``min_len`` entries (an input shape, layer widths)."""
+
+    min_len: int = 1
+    typical: tuple[int, ...] = (8,)
+    optional: bool = False
+
+    def has_type(self, value: Any) -> bool:
+        if value is None:
+            return self.optional
+        return isinstance(value, (tuple, list)) and all(_is_int(s) for s in value)
+
+    def contains(self, value: Any, values: Mapping[str, Any] | None = None) -> bool:
+        if value is None:
+            return self.optional
+        return self.has_type(value) and len(value) >= self.min_len and all(s >= 1 for s in value)
+
+    def describe(self) -> str:
+        what = "a tuple of ints >= 1" + (f" with at least {self.min_len} entries" if self.min_len else "")
+        return what + (" or None" if self.optional else "")
+
+    def strategy(self, values: Mapping[str, Any]):
+        from hypothesis import strategies as st
+
+        return st.just(tuple(self.typical))
+
+    def example(self, values: Mapping[str, Any]) -> Any:
+        return tuple(self.typical)
+
+    def invalid(self, values: Mapping[str, Any]) -> list[Any]:
+        out: list[Any] = [(1.5,), (0,) * max(self.min_len, 1)]
+        if self.min_len:
+            out.append(())
+        return out + ([] if self.optional else [None])
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """A rule between parameters no single range expresses (a class's ``param_constraints``):
+    ``holds(values)`` on the constructor's arguments (defaults included) must be true, else
+    ``ValueError("<owner>: <rule>, got <name>=<value>, ...")`` naming the ``names`` involved. The rule
+    is skipped while one of ``names`` is ``None`` ("the constructor chooses") unless ``reads_none``."""
+
+    names: tuple[str, ...]
+    holds: Callable[[Mapping[str, Any]], bool]
+    rule: str
+    reads_none: bool = False
+
+    def applies(self, values: Mapping[str, Any]) -> bool:
+        return self.reads_none or all(values.get(n) is not None for n in self.names)
+
+    def check(self, values: Mapping[str, Any], *, owner: str | None = None) -> None:
+        if not self.applies(values) or self.holds(values):
+            return
+        got = ", ".join(f"{n}={values[n]!r}" for n in self.names)
+        raise ValueError(f"{owner + ': ' if owner else ''}{self.rule}, got {got}")
+
+
+# --------------------------------------------------------------------------------------------
+# Arguments of public functions: the same types, shared
+# --------------------------------------------------------------------------------------------
+#: δ of an (ε, δ) guarantee or target: a probability in [0, 1).
+DELTA = Real(0, 1, hi_open=True)
+#: A probability in [0, 1].
+PROBABILITY = Real(0, 1)
+#: A number strictly between 0 and 1 (a fraction, a significance level).
+OPEN_UNIT = Real(0, 1, lo_open=True, hi_open=True)
+#: The confidence level of a bound or an interval: in (0, 1).
+CONFIDENCE = OPEN_UNIT
+#: A finite real number > 0 (a noise multiplier, a sensitivity, an ε).
+POSITIVE = Real(0, None, lo_open=True)
+#: A finite real number >= 0.
+NON_NEGATIVE = Real(0, None)
+#: A count >= 1 (clients, coordinates, releases).
+COUNT = Int(1, None)
+
+
+def check_delta(delta: Any, *, name: str = "delta", owner: str | None = None, positive: bool = False) -> float:
+    """``delta`` as a float in ``[0, 1)`` (``(0, 1)`` with ``positive``), else ``TypeError``/``ValueError``."""
+    param = Real(0, 1, lo_open=positive, hi_open=True) if positive else DELTA
+    return float(param.check(name, delta, owner=owner))
+
+
+def check_generator(generator: Any, *, owner: str | None = None, device: Any = None, required: bool = False) -> Any:
+    """``generator`` if it is a ``torch.Generator`` (or ``None`` unless ``required``), else ``TypeError``;
+    with ``device`` (where the values live) a generator on another device type is a ``ValueError``."""
+    import torch
+
+    Instance(torch.Generator, optional=not required).check("generator", generator, owner=owner)
+    if generator is not None and device is not None and torch.device(generator.device).type != torch.device(
+            device).type:
+        where = f"{owner}: " if owner else ""
+        raise ValueError(f"{where}generator must be on the values' device type ({torch.device(device)}), "
+                         f"got a generator on {generator.device}")
+    return generator
+
+
 # --------------------------------------------------------------------------------------------
 # Whole spaces
 # --------------------------------------------------------------------------------------------
+def validated(space: Mapping[str, Param], *, name: str | None = None,
+              constraints: tuple[Constraint, ...] = ()) -> Callable[[Any], Any]:
+    """Decorator for a registered function or a class outside :class:`privfl.core.Component`: declare
+    ``param_space`` (and ``param_constraints``) on it and check every explicitly passed argument that
+    the space declares before the body runs (:func:`check_all`) — the same path as components. ``name``
+    (default: the function's or class's name) labels the errors."""
+
+    def deco(target: Any) -> Any:
+        inner = target.__init__ if isinstance(target, type) else target
+        signature = inspect.signature(inner)
+        skip = 1 if isinstance(target, type) else 0  # self
+
+        @functools.wraps(inner)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind(*args, **kwargs)
+            explicit = dict(list(bound.arguments.items())[skip:])
+            bound.apply_defaults()
+            check_all(target if skip else wrapper, explicit, dict(list(bound.arguments.items())[skip:]))
+            return inner(*args, **kwargs)
+
+        holder = target if isinstance(target, type) else wrapper
+        holder.param_space = dict(space)
+        holder.param_constraints = tuple(constraints)
+        holder.param_owner = name or target.__name__
+        if isinstance(target, type):
+            target.__init__ = wrapper
+            return target
+        return wrapper
+
+    return deco
+
+
 def space_of(component: Any) -> dict[str, Param] | None:
-    """The declared ``param_space`` of a component class or instance (``None`` when undeclared)."""
-    cls = component if isinstance(component, type) else type(component)
+    """The declared ``param_space`` of a component class or instance, or of a :func:`validated` function
+    (``None`` when undeclared)."""
+    cls = component if isinstance(component, type) or _is_function(component) else type(component)
     space = getattr(cls, "param_space", None)
     if space is None:
         return None
     if not isinstance(space, Mapping) or not all(isinstance(p, Param) for p in space.values()):
         raise TypeError(f"{cls.__name__}.param_space must map parameter names to privfl.params.Param objects")
     return dict(space)
+
+
+def _is_function(obj: Any) -> bool:
+    return inspect.isfunction(obj) or inspect.ismethod(obj)
+
+
+def constraints_of(component: Any) -> tuple[Constraint, ...]:
+    """The declared ``param_constraints`` of a component class or instance (``()`` when none)."""
+    cls = component if isinstance(component, type) or _is_function(component) else type(component)
+    found = tuple(getattr(cls, "param_constraints", ()) or ())
+    if not all(isinstance(c, Constraint) for c in found):
+        raise TypeError(f"{cls.__name__}.param_constraints must hold privfl.params.Constraint objects")
+    return found
 
 
 def order(space: Mapping[str, Param]) -> list[str]:
@@ -392,8 +673,10 @@ def order(space: Mapping[str, Param]) -> list[str]:
 
 
 def _owner(component: Any) -> str:
-    return str(getattr(component, "name", None) or (component if isinstance(component, type) else type(component)
-                                                     ).__name__)
+    if _is_function(component):
+        return str(getattr(component, "param_owner", None) or component.__name__)
+    cls = component if isinstance(component, type) else type(component)
+    return str(getattr(cls, "param_owner", None) or getattr(component, "name", None) or cls.__name__)
 
 
 def check(component: Any, name: str, value: Any, **others: Any) -> Any:
@@ -408,13 +691,29 @@ def check(component: Any, name: str, value: Any, **others: Any) -> Any:
     return space[name].check(name, value, others, owner=_owner(component))
 
 
-def check_all(component: Any, values: Mapping[str, Any]) -> dict[str, Any]:
-    """:func:`check` every declared parameter present in ``values`` (referenced ones first)."""
+def check_all(component: Any, values: Mapping[str, Any], context: Mapping[str, Any] | None = None
+              ) -> dict[str, Any]:
+    """:func:`check` every declared parameter present in ``values`` (referenced ones first), then the
+    class's ``param_constraints``. ``context`` holds every argument, defaults included (default:
+    ``values``): the values that bounds (``Ref``) and constraints read."""
     space = space_of(component) or {}
+    context = {**(context or {}), **values}
+    owner = _owner(component)
     for name in order(space):
         if name in values:
-            space[name].check(name, values[name], values, owner=_owner(component))
+            space[name].check(name, values[name], context, owner=owner)
+    for constraint in constraints_of(component):
+        constraint.check(context, owner=owner)
     return dict(values)
+
+
+def check_fields(obj: Any) -> None:
+    """Check a dataclass instance's fields against its class's ``param_space`` and ``param_constraints``
+    (call it from ``__post_init__``): every declared field is checked, defaults included."""
+    import dataclasses
+
+    values = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    check_all(obj, {k: v for k, v in values.items() if k in (space_of(obj) or {})}, values)
 
 
 def example_params(space: Mapping[str, Param], overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -436,8 +735,10 @@ def boundary_values(space: Mapping[str, Param], base: Mapping[str, Any]) -> list
     return [(name, v) for name in order(space) for v in space[name].boundary(base)]
 
 
-def params_strategy(space: Mapping[str, Param], fixed: Mapping[str, Any] | None = None):
-    """Hypothesis strategy of valid keyword dicts (referenced parameters drawn first)."""
+def params_strategy(space: Mapping[str, Param], fixed: Mapping[str, Any] | None = None,
+                    constraints: tuple[Constraint, ...] = ()):
+    """Hypothesis strategy of valid keyword dicts (referenced parameters drawn first; dicts breaking one
+    of ``constraints`` are filtered out)."""
     from hypothesis import strategies as st
 
     names = order(space)
@@ -451,4 +752,6 @@ def params_strategy(space: Mapping[str, Param], fixed: Mapping[str, Any] | None 
                 values[name] = draw(space[name].strategy(values))
         return values
 
-    return build()
+    if not constraints:
+        return build()
+    return build().filter(lambda v: all(not c.applies(v) or c.holds(v) for c in constraints))

@@ -13,11 +13,19 @@ import torch
 from torch import Tensor
 
 from privfl.core import check_updates
+from privfl.params import Int, Ref, validated
 from privfl.seeding import make_generator
 
 __all__ = ["SecureAggregation"]
 
 
+#: Fixed-point fraction bits and modulus bits (``modulus_bits >= frac_bits + 3``: values of magnitude
+#: below 2 keep a sign bit and headroom), declared once (DP-BREM+ shares them).
+FRAC_BITS = Int(0, 40, typical=(8, 24))
+MODULUS_BITS = Int((8, Ref("frac_bits", 3)), 62)
+
+
+@validated({"frac_bits": FRAC_BITS, "modulus_bits": MODULUS_BITS}, name="SecureAggregation")
 class SecureAggregation:
     """Pairwise-masked summation in Z_M^d (Bonawitz et al., CCS 2017), fixed-point encoded.
 
@@ -29,14 +37,7 @@ class SecureAggregation:
     """
 
     def __init__(self, *, frac_bits: int = 20, modulus_bits: int = 48) -> None:
-        for name, value, lo, hi in (("frac_bits", frac_bits, 0, 40), ("modulus_bits", modulus_bits, 8, 62)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
-            if not lo <= value <= hi:
-                raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
         self.frac_bits, self.modulus_bits = int(frac_bits), int(modulus_bits)
-        if self.modulus_bits <= self.frac_bits + 2:
-            raise ValueError(f"modulus_bits ({modulus_bits}) must exceed frac_bits + 2 ({frac_bits + 2})")
         self.modulus = 1 << self.modulus_bits
 
     def encode(self, values: Tensor) -> Tensor:

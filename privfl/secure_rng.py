@@ -55,6 +55,7 @@ import torch
 from torch import Tensor
 
 from privfl.core import PrivacyGuarantee
+from privfl.params import POSITIVE, Int
 
 __all__ = [
     "RNG_MODES",
@@ -101,8 +102,7 @@ class SecureRandom:
 
     def random_bytes(self, n: int) -> bytes:
         """``n`` secure random bytes."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"n must be an int >= 0, got {n!r}")
+        Int(0, None).check("n", n)
         if self.source == "os":
             return os.urandom(n)
         with self._lock:
@@ -120,8 +120,7 @@ class SecureRandom:
 
     def randbelow(self, high: int, n: int) -> np.ndarray:
         """``n`` integers uniform on {0, …, high − 1} (rejection: exactly uniform), int64."""
-        if isinstance(high, bool) or not isinstance(high, int) or not (1 <= high <= 2**62):
-            raise ValueError(f"high must be an int in [1, 2^62], got {high!r}")
+        Int(1, 2**62).check("high", high)
         limit = np.uint64((2**64 // high) * high - 1)  # accept words <= limit: a multiple of high values
         out = np.empty(n, dtype=np.int64)
         filled = 0
@@ -161,8 +160,7 @@ class SecureRandom:
 
     def discrete_gaussian(self, sigma: float, n: int) -> np.ndarray:
         """``n`` draws of the discrete Gaussian N_ℤ(0, σ²): P(y) ∝ exp(−y²/2σ²) (CKS Algorithm 3)."""
-        if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
-            raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
+        POSITIVE.check("sigma", sigma)
         sigma2 = float(sigma) ** 2
         t = math.floor(sigma) + 1
         out = np.empty(n, dtype=np.int64)

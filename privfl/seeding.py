@@ -11,13 +11,14 @@ import hashlib
 
 import torch
 
+from privfl.params import Int
+
 __all__ = ["derive_seed", "make_generator"]
 
 
 def derive_seed(seed: int, *keys: object) -> int:
     """A 63-bit seed from ``seed`` and any printable ``keys`` (stable across runs and platforms)."""
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    Int().check("seed", seed)
     text = "/".join([str(seed), *map(str, keys)]).encode()
     return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
 

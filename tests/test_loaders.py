@@ -328,7 +328,7 @@ def test_missing_file_named(tmp_path: Path, name: str, writer, victim: str) -> N
 
 def test_bad_arguments(tmp_path: Path) -> None:
     write_cifar100(tmp_path)
-    with pytest.raises(ValueError, match=r"label.*'fine' or 'coarse'.*'medium'"):
+    with pytest.raises(ValueError, match=r"label must be one of 'fine', 'coarse'.*'medium'"):
         load_cifar100(str(tmp_path), label="medium")
     with pytest.raises(TypeError, match="label"):
         load_cifar100(str(tmp_path), label=1)

@@ -120,11 +120,11 @@ def test_resnet_depth_and_norm() -> None:
         ("mlp", {"input_shape": 20}, TypeError, "input_shape"),
         ("mlp", {"input_shape": (1, 2.5)}, TypeError, "input_shape"),
         ("mlp", {"input_shape": (1, 0, 8)}, ValueError, "input_shape"),
-        ("mlp", {"input_shape": ()}, TypeError, "input_shape"),
+        ("mlp", {"input_shape": ()}, ValueError, "input_shape"),  # the right type, an empty shape
         ("mlp", {"num_classes": 0}, ValueError, "num_classes"),
         ("mlp", {"num_classes": 2.0}, TypeError, "num_classes"),
         ("mlp", {"hidden": 200}, TypeError, "hidden"),
-        ("mlp", {"hidden": (200, 0)}, ValueError, r"hidden\[1\]"),
+        ("mlp", {"hidden": (200, 0)}, ValueError, r"hidden must be a tuple of ints >= 1.*\(200, 0\)"),
         ("lenet", {"init": "xavier"}, ValueError, "init"),
         ("lenet", {"init": 1}, TypeError, "init"),
         ("convnet", {"width": 0}, ValueError, "width"),

@@ -342,7 +342,7 @@ def test_bad_parameters_and_inputs_are_rejected(digits):
     for name in ("inverting-gradients", "fedavg-inversion", "sme"):  # the shared Adam options, checked once
         with pytest.raises(ValueError, match=f"{name}: vectorize must be one of"):
             privfl.make("privacy_attack", name, vectorize="sometimes")
-        with pytest.raises(TypeError, match=f"{name}: signed must be True or False, got int 1"):
+        with pytest.raises(TypeError, match=f"{name}: signed must be one of True, False, got int 1"):
             privfl.make("privacy_attack", name, signed=1)
         with pytest.raises(ValueError, match=f"{name}: lr must be"):
             privfl.make("privacy_attack", name, lr=0.0)

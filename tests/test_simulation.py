@@ -557,7 +557,7 @@ def test_bad_input_names_the_field(ds, kw, field):
 
 
 def test_bad_local_settings_and_rounds(ds):
-    with pytest.raises(ValueError, match="local_steps"):
+    with pytest.raises(ValueError, match=r"^LocalSGD: steps must be int in \[1, inf\], got int 0$"):
         LocalSGD(steps=0)
     with pytest.raises(ValueError, match="batch_size"):
         LocalSGD(batch_size=0)

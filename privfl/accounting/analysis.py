@@ -30,11 +30,11 @@ from opacus.accountants.analysis import rdp as _opacus_rdp
 from scipy import special
 from scipy.special import logsumexp
 
+from privfl.params import POSITIVE, Int, Real, check_delta
+
 __all__ = [
     "DEFAULT_ORDERS",
     "check_orders",
-    "check_delta",
-    "check_probability",
     "gaussian_rdp",
     "subsampled_gaussian_rdp",
     "pmf_rdp",
@@ -55,6 +55,10 @@ DEFAULT_ORDERS: np.ndarray = np.array(
 )
 
 
+#: a Poisson sampling rate q in (0, 1]
+SAMPLING_RATE = Real(0, 1, lo_open=True)
+
+
 def check_orders(orders: Sequence[float] | np.ndarray) -> np.ndarray:
     """Orders as a float64 1-d array of values > 1 (``ValueError`` otherwise)."""
     arr = np.asarray(orders, dtype=np.float64)
@@ -63,32 +67,9 @@ def check_orders(orders: Sequence[float] | np.ndarray) -> np.ndarray:
     return arr
 
 
-def check_delta(delta: float) -> float:
-    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not (0.0 < float(delta) < 1.0):
-        raise ValueError(f"delta must be a number in (0, 1), got {delta!r}")
-    return float(delta)
-
-
-def check_probability(value: float, name: str, *, allow_zero: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    lo_ok = ok and (value >= 0.0 if allow_zero else value > 0.0)
-    if not (lo_ok and value <= 1.0):
-        allowed = "[0, 1]" if allow_zero else "(0, 1]"
-        raise ValueError(f"{name} must be a number in {allowed}, got {value!r}")
-    return float(value)
-
-
-def _check_sigma(noise_multiplier: float) -> float:
-    if isinstance(noise_multiplier, bool) or not isinstance(noise_multiplier, (int, float)) or not (
-        noise_multiplier > 0 and math.isfinite(noise_multiplier)
-    ):
-        raise ValueError(f"noise_multiplier must be a finite number > 0, got {noise_multiplier!r}")
-    return float(noise_multiplier)
-
-
 def gaussian_rdp(noise_multiplier: float, orders: Sequence[float] | np.ndarray) -> np.ndarray:
     """RDP of one Gaussian release with σ/sensitivity = ``noise_multiplier``: α / (2σ²)."""
-    z = _check_sigma(noise_multiplier)
+    z = float(POSITIVE.check("noise_multiplier", noise_multiplier))
     return check_orders(orders) / (2.0 * z * z)
 
 
@@ -97,8 +78,8 @@ def subsampled_gaussian_rdp(
 ) -> np.ndarray:
     """RDP of one Poisson-subsampled Gaussian release (Mironov et al. 2019; Opacus' ``compute_rdp`` with
     one step, vectorised over the orders and cached per ``(q, σ, orders)``)."""
-    q = check_probability(sampling_rate, "sampling_rate")
-    z = _check_sigma(noise_multiplier)
+    q = float(SAMPLING_RATE.check("sampling_rate", sampling_rate))
+    z = float(POSITIVE.check("noise_multiplier", noise_multiplier))
     orders = check_orders(orders)
     if q == 1.0:
         return orders / (2.0 * z * z)
@@ -217,7 +198,7 @@ def pmf_pure_epsilon(pair: tuple[np.ndarray, np.ndarray]) -> float:
 
 def subsampled_pure_epsilon(epsilon: float, sampling_rate: float) -> float:
     """Amplification of pure ε-DP by Poisson subsampling at rate q: ln(1 + q(e^ε − 1))."""
-    q = check_probability(sampling_rate, "sampling_rate")
+    q = float(SAMPLING_RATE.check("sampling_rate", sampling_rate))
     if math.isinf(epsilon) or q == 1.0:
         return float(epsilon)
     return float(math.log1p(q * math.expm1(epsilon)))
@@ -229,7 +210,7 @@ def rdp_to_epsilon(
     """(ε, best order) from an RDP curve at ``delta`` (Balle et al. 2020, Thm 21; Opacus)."""
     orders = check_orders(orders)
     rdp = np.asarray(rdp, dtype=np.float64)
-    delta = check_delta(delta)
+    delta = check_delta(delta, positive=True)
     if rdp.shape != orders.shape:
         raise ValueError(f"rdp must have one value per order: got shape {rdp.shape} for {orders.shape[0]} orders")
     if not np.any(np.isfinite(rdp)):
@@ -245,7 +226,6 @@ def gaussian_epsilon_rdp(
     orders: Sequence[float] | np.ndarray = DEFAULT_ORDERS,
 ) -> float:
     """ε(δ) of ``steps`` Poisson-subsampled Gaussian releases by RDP (what Opacus' RDPAccountant reports)."""
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
-        raise ValueError(f"steps must be an int >= 0, got {steps!r}")
+    Int(0, None).check("steps", steps)
     rdp = steps * subsampled_gaussian_rdp(sampling_rate, noise_multiplier, orders)
     return rdp_to_epsilon(orders, rdp, delta)[0]

@@ -88,6 +88,7 @@ from scipy.stats import binom
 
 from privfl.accounting.analysis import check_orders
 from privfl.core import InputDomain, Mechanism, check_updates
+from privfl.params import COUNT, POSITIVE, Real
 
 __all__ = [
     "rounded_l2_bound",
@@ -115,20 +116,6 @@ __all__ = [
 MAX_CONFIGURATIONS = 200_000
 
 
-def _positive(name: str, value: float, *, allow_zero: bool = False) -> float:
-    ok = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
-    ok = ok and math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        raise ValueError(f"{name} must be a finite number {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-    return float(value)
-
-
-def _count(name: str, value: int, lo: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-        raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
-    return int(value)
-
-
 # --------------------------------------------------------------------------------------------
 # DDG and Skellam (closed forms)
 # --------------------------------------------------------------------------------------------
@@ -136,10 +123,9 @@ def rounded_l2_bound(l2: float, *, dim: int, beta: float) -> float:
     """ℓ2 norm bound of an integer vector after conditional randomized rounding of a vector of norm
     ≤ ``l2`` in ``dim`` coordinates (Kairouz et al. 2021, Theorem 1): min(l2 + √d, √(l2² + d/4 +
     √(2 ln(1/β)) (l2 + √d/2))); β = 0 means unconditional rounding (the first term only)."""
-    l2 = _positive("l2", l2)
-    dim = _count("dim", dim)
-    if not (isinstance(beta, (int, float)) and 0.0 <= beta < 1.0):
-        raise ValueError(f"beta must be a number in [0, 1), got {beta!r}")
+    l2 = float(POSITIVE.check("l2", l2))
+    dim = int(COUNT.check("dim", dim))
+    Real(0, 1, hi_open=True).check("beta", beta)
     bound_1 = l2 + math.sqrt(dim)
     if beta == 0:
         return bound_1
@@ -149,15 +135,15 @@ def rounded_l2_bound(l2: float, *, dim: int, beta: float) -> float:
 
 def rounded_l1_bound(l2: float, *, dim: int) -> float:
     """ℓ1 bound of an integer vector of ℓ2 norm ≤ ``l2``: l2 · min(√d, l2) (integer coordinates: ℓ1 ≤ ℓ2²)."""
-    l2 = _positive("l2", l2)
-    return l2 * min(math.sqrt(_count("dim", dim)), l2)
+    l2 = float(POSITIVE.check("l2", l2))
+    return l2 * min(math.sqrt(int(COUNT.check("dim", dim))), l2)
 
 
 def ddg_tau(local_sigma: float, n: int) -> float:
     """τ = 10 Σ_{k=1}^{n−1} exp(−2π²σ² k/(k+1)): the distance of a sum of n discrete Gaussians
     N_Z(0, σ²) from N_Z(0, nσ²) (Kairouz et al. 2021, Theorem 1); 0 for n = 1."""
-    s = _positive("local_sigma", local_sigma)
-    n = _count("n", n)
+    s = float(POSITIVE.check("local_sigma", local_sigma))
+    n = int(COUNT.check("n", n))
     k = np.arange(1, n, dtype=np.float64)
     return float(10.0 * np.exp(-2.0 * math.pi**2 * s * s * k / (k + 1.0)).sum())
 
@@ -167,9 +153,9 @@ def ddg_rdp(orders: Sequence[float] | np.ndarray, *, l2: float, l1: float, local
     """RDP of the sum of n clients' integer vectors each carrying N_Z(0, σ²) noise (integer domain:
     ``l2``/``l1`` sensitivities, ``local_sigma`` = σ per client), Kairouz et al. 2021 Prop. 14 / Eq. 17."""
     orders = check_orders(orders)
-    l2, l1 = _positive("l2", l2), _positive("l1", l1)
-    sigma_total = math.sqrt(_count("n", n)) * _positive("local_sigma", local_sigma)
-    dim = _count("dim", dim)
+    l2, l1 = float(POSITIVE.check("l2", l2)), float(POSITIVE.check("l1", l1))
+    sigma_total = math.sqrt(int(COUNT.check("n", n))) * float(POSITIVE.check("local_sigma", local_sigma))
+    dim = int(COUNT.check("dim", dim))
     tau = ddg_tau(local_sigma, n)
     e2, e1 = l2 / sigma_total, l1 / sigma_total
     term_1 = orders / 2.0 * e2**2 + tau * dim
@@ -182,7 +168,7 @@ def skellam_rdp(orders: Sequence[float] | np.ndarray, *, l2: float, l1: float, m
     """RDP of the Skellam mechanism with aggregate variance ``mu`` (Sk(μ) on the sum; integer-domain
     sensitivities), Agarwal, Kairouz, Liu 2021: α Δ2²/(2μ) + min(((2α−1)Δ2² + 6Δ1)/(4μ²), 3Δ1/(2μ))."""
     a = check_orders(orders)
-    l2, l1, mu = _positive("l2", l2), _positive("l1", l1), _positive("mu", mu)
+    l2, l1, mu = float(POSITIVE.check("l2", l2)), float(POSITIVE.check("l1", l1)), float(POSITIVE.check("mu", mu))
     return a * l2 * l2 / (2.0 * mu) + np.minimum(((2.0 * a - 1.0) * l2 * l2 + 6.0 * l1) / (4.0 * mu * mu),
                                                  3.0 * l1 / (2.0 * mu))
 
@@ -269,7 +255,7 @@ class PrivacyProfile:
     STEP = 1e-4
 
     def __init__(self, epsilon_pure: float) -> None:
-        self.epsilon_pure = _positive("epsilon_pure", epsilon_pure)
+        self.epsilon_pure = float(POSITIVE.check("epsilon_pure", epsilon_pure, owner="PrivacyProfile"))
         self.k_max = int(math.ceil(self.epsilon_pure / self.STEP - 1e-9))
         self.t = np.arange(-self.k_max, self.k_max + 1) * self.STEP
         self.delta = np.zeros(self.t.size)
@@ -340,10 +326,9 @@ def _pbm_vertex_logpmfs(n: int, m: int, theta: float) -> np.ndarray:
 
 
 def _check_pbm(n: int, m: int, theta: float) -> tuple[int, int, float]:
-    n, m = _count("n", n), _count("m", m)
-    theta = _positive("theta", theta)
-    if theta > 0.25:
-        raise ValueError(f"theta must be in (0, 1/4], got {theta!r}")
+    n, m = int(COUNT.check("n", n)), int(COUNT.check("m", m))
+    theta = float(POSITIVE.check("theta", theta))
+    theta = float(Real(0, 0.25, lo_open=True).check("theta", theta))
     if n * m > 4096:
         raise ValueError(f"n·m = {n * m} Bernoullis: the exact worst case is computed for n·m <= 4096")
     return n, m, theta
@@ -455,7 +440,7 @@ def rqm_sum_worst_rdp(mechanism, orders: Sequence[float] | np.ndarray, *, n: int
     enumeration exceeds :data:`MAX_CONFIGURATIONS`. ``profile`` (a :class:`PrivacyProfile` whose
     ``epsilon_pure`` bounds the sum's, e.g. the local one) is filled with the worst-case privacy profile."""
     orders = check_orders(orders)
-    n = _count("n", n)
+    n = int(COUNT.check("n", n))
     verts = rqm_vertices(mechanism)
     size = len(verts)
     configs = math.comb(n - 1 + size - 1, size - 1)

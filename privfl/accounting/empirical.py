@@ -32,6 +32,7 @@ from scipy.special import betaincinv
 from scipy.stats import binom, norm
 
 from privfl.accounting.pld import gaussian_epsilon_exact
+from privfl.params import NON_NEGATIVE, OPEN_UNIT, Choice, Int, check_delta
 
 __all__ = [
     "DIRECTIONS",
@@ -56,22 +57,6 @@ _SPLIT_SEED = 20231  # the selection/evaluation split's permutation (any fixed, 
 # --------------------------------------------------------------------------------------------
 # Validation
 # --------------------------------------------------------------------------------------------
-def _probability_open(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{name} must be a number in (0, 1), got {type(value).__name__} {value!r}")
-    if not 0.0 < float(value) < 1.0:
-        raise ValueError(f"{name} must be in (0, 1), got {value!r}")
-    return float(value)
-
-
-def _delta(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"delta must be a number in [0, 1), got {type(value).__name__} {value!r}")
-    if not 0.0 <= float(value) < 1.0:
-        raise ValueError(f"delta must be in [0, 1), got {value!r}")
-    return float(value)
-
-
 def _scores(values: Any, name: str) -> np.ndarray:
     """A finite 1-d float64 array from a tensor, array or sequence (copied; never modified)."""
     if hasattr(values, "detach"):  # a torch tensor, on any device
@@ -101,9 +86,8 @@ def clopper_pearson(k: Any, n: Any, confidence: float = 0.95, *, side: str = "tw
     = Beta(α; k, n − k + 1) quantile (0 at k = 0), upper = Beta(1 − α; k + 1, n − k) (1 at k = n).
     Vectorised: ``k`` and ``n`` broadcast; scalars in give floats out.
     """
-    confidence = _probability_open(confidence, "confidence")
-    if side not in _SIDES:
-        raise ValueError(f"side must be one of {', '.join(map(repr, _SIDES))}, got {side!r}")
+    confidence = float(OPEN_UNIT.check("confidence", confidence))
+    Choice(*_SIDES).check("side", side)
     k_arr = np.asarray(k, dtype=np.float64)
     n_arr = np.asarray(n, dtype=np.float64)
     if np.any(~np.isfinite(n_arr)) or np.any(n_arr < 1) or np.any(n_arr != np.floor(n_arr)):
@@ -136,7 +120,7 @@ def epsilon_from_rates(tpr: Any, fpr: Any, delta: float = 0.0) -> Any:
     (a test no better than chance proves nothing); ``inf`` when a rate's denominator is 0 and its
     numerator positive. Vectorised over broadcastable arrays.
     """
-    delta = _delta(delta)
+    delta = check_delta(delta)
     tpr_arr = np.asarray(tpr, dtype=np.float64)
     fpr_arr = np.asarray(fpr, dtype=np.float64)
     for name, arr in (("tpr", tpr_arr), ("fpr", fpr_arr)):
@@ -243,10 +227,10 @@ def epsilon_lower_bound(
     """
     s_in = _scores(scores_in, "scores_in")
     s_out = _scores(scores_out, "scores_out")
-    delta = _delta(delta)
-    confidence = _probability_open(confidence, "confidence")
-    selection_fraction = _probability_open(selection_fraction, "selection_fraction")
-    selection_tail = (1.0 - _probability_open(selection_confidence, "selection_confidence")) / 2.0
+    delta = check_delta(delta)
+    confidence = float(OPEN_UNIT.check("confidence", confidence))
+    selection_fraction = float(OPEN_UNIT.check("selection_fraction", selection_fraction))
+    selection_tail = (1.0 - float(OPEN_UNIT.check("selection_confidence", selection_confidence))) / 2.0
     n_sel_in, n_sel_out = int(s_in.size * selection_fraction), int(s_out.size * selection_fraction)
     if min(n_sel_in, n_sel_out, s_in.size - n_sel_in, s_out.size - n_sel_out) < 1:
         raise ValueError(
@@ -304,7 +288,7 @@ def gdp_mu_interval(scores_in: Any, scores_out: Any, *, confidence: float = 0.95
     """
     s_in = _scores(scores_in, "scores_in")
     s_out = _scores(scores_out, "scores_out")
-    confidence = _probability_open(confidence, "confidence")
+    confidence = float(OPEN_UNIT.check("confidence", confidence))
     n1, n0 = s_in.size, s_out.size
     pooled = ((n1 - 1) * s_in.var(ddof=1) + (n0 - 1) * s_out.var(ddof=1)) / (n1 + n0 - 2)
     if not pooled > 0:
@@ -318,9 +302,8 @@ def gdp_mu_interval(scores_in: Any, scores_out: Any, *, confidence: float = 0.95
 def gdp_epsilon(mu: float, delta: float) -> float:
     """ε(δ) of μ-GDP: the root of δ = Φ(−ε/μ + μ/2) − e^ε Φ(−ε/μ − μ/2) (Dong, Roth, Su 2022, Cor. 2.13;
     the exact Gaussian-mechanism curve of Balle & Wang 2018); 0 for μ = 0."""
-    if isinstance(mu, bool) or not isinstance(mu, (int, float, np.floating)) or not 0.0 <= float(mu) < math.inf:
-        raise ValueError(f"mu must be a finite number >= 0, got {mu!r}")
-    delta = _delta(delta)
+    NON_NEGATIVE.check("mu", mu)
+    delta = check_delta(delta)
     if delta == 0.0:
         raise ValueError("delta must be > 0 for the ε(δ) of μ-GDP (ε is infinite at δ = 0 for μ > 0)")
     if float(mu) == 0.0:
@@ -333,8 +316,7 @@ def gdp_epsilon(mu: float, delta: float) -> float:
 # --------------------------------------------------------------------------------------------
 def _one_run_counts(m: Any, r: Any, v: Any) -> tuple[int, int, int]:
     for name, value in (("m", m), ("r", r), ("v", v)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+        Int().check(name, value)
     if not 0 <= v <= r <= m or m < 1:
         raise ValueError(f"need 0 <= v <= r <= m and m >= 1 (correct guesses, guesses, canaries), "
                          f"got m={m}, r={r}, v={v}")
@@ -351,9 +333,8 @@ def one_run_p_value(m: int, r: int, v: int, epsilon: float, delta: float = 0.0) 
     capped at 1 (the δ term vanishes at δ = 0). Vectorised over the v terms.
     """
     m, r, v = _one_run_counts(m, r, v)
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float, np.floating)) or not 0 <= epsilon < math.inf:
-        raise ValueError(f"epsilon must be a finite number >= 0, got {epsilon!r}")
-    delta = _delta(delta)
+    NON_NEGATIVE.check("epsilon", epsilon)
+    delta = check_delta(delta)
     q = 1.0 / (1.0 + math.exp(-float(epsilon)))
     tail = float(binom.sf(v - 1, r, q))  # P[Binomial(r, q) >= v]
     if delta == 0.0 or v == 0:
@@ -368,8 +349,8 @@ def one_run_epsilon_lower_bound(m: int, r: int, v: int, *, delta: float = 0.0, s
     ``significance``: the root in ε of :func:`one_run_p_value` = ``significance`` (the p-value grows
     with ε), 0 when even ε = 0 is not rejected. Valid with probability ≥ 1 − ``significance``."""
     m, r, v = _one_run_counts(m, r, v)
-    significance = _probability_open(significance, "significance")
-    delta = _delta(delta)
+    significance = float(OPEN_UNIT.check("significance", significance))
+    delta = check_delta(delta)
     if one_run_p_value(m, r, v, 0.0, delta) >= significance:
         return 0.0
     hi = 1.0

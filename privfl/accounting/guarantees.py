@@ -24,6 +24,7 @@ import numpy as np
 
 from privfl.accounting.analysis import check_pmf_pair, gaussian_rdp, pmf_pure_epsilon, pmf_rdp
 from privfl.core import PrivacyGuarantee
+from privfl.params import POSITIVE, Int
 
 __all__ = ["gaussian_guarantee", "pmf_guarantee", "pure_guarantee", "randomized_response_guarantee"]
 
@@ -32,10 +33,7 @@ def gaussian_guarantee(
     noise_multiplier: float, *, name: str = "gaussian", unit: str = "client", notes: str = "", **extra
 ) -> PrivacyGuarantee:
     """One Gaussian release whose noise std is ``noise_multiplier`` × its ℓ2 sensitivity."""
-    if isinstance(noise_multiplier, bool) or not isinstance(noise_multiplier, (int, float)) or not (
-        0 < noise_multiplier < math.inf
-    ):
-        raise ValueError(f"noise_multiplier must be a finite number > 0, got {noise_multiplier!r}")
+    POSITIVE.check("noise_multiplier", noise_multiplier)
     z = float(noise_multiplier)
     return PrivacyGuarantee(
         name=name,
@@ -79,10 +77,8 @@ def randomized_response_guarantee(
 ) -> PrivacyGuarantee:
     """k-ary randomized response (GRR / k-RR) at ε: report the true category with probability
     e^ε/(e^ε + k − 1), each other one with probability 1/(e^ε + k − 1)."""
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not (0 < epsilon < math.inf):
-        raise ValueError(f"epsilon must be a finite number > 0, got {epsilon!r}")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
-        raise ValueError(f"k must be an int >= 2, got {k!r}")
+    POSITIVE.check("epsilon", epsilon)
+    k = int(Int(2, None).check("k", k))
     P, Q = _rr_pair(float(epsilon), k)
     g = pmf_guarantee(P, Q, name=name, unit=unit, notes=notes, **extra)
     # the exact pure ε is ε itself; keep the caller's value rather than its floating-point recomputation

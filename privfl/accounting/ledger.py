@@ -51,15 +51,15 @@ import torch
 
 from privfl.accounting.analysis import (
     DEFAULT_ORDERS,
-    check_delta,
+    SAMPLING_RATE,
     check_orders,
-    check_probability,
     rdp_to_epsilon,
     subsampled_gaussian_rdp,
     subsampled_pure_epsilon,
 )
 from privfl.accounting.pld import has_pld, pld_epsilon
 from privfl.core import PrivacyGuarantee
+from privfl.params import Int, check_delta
 
 __all__ = ["PrivacyEvent", "PrivacyLedger", "METHODS", "NOT_A_GUARANTEE", "VoidedGuaranteeError",
            "threat_model_warning", "epsilon_after"]
@@ -198,9 +198,8 @@ class PrivacyLedger:
                 return
         if not isinstance(guarantee, PrivacyGuarantee):
             raise TypeError(f"guarantee must be a PrivacyGuarantee, got {type(guarantee).__name__}")
-        q = check_probability(sampling_rate, "sampling_rate")
-        if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
-            raise ValueError(f"count must be an int >= 0, got {count!r}")
+        q = float(SAMPLING_RATE.check("sampling_rate", sampling_rate))
+        Int(0, None).check("count", count)
         unit_arg = unit
         unit = guarantee.unit if unit is None else unit
         if not isinstance(unit, str) or not unit:
@@ -379,7 +378,7 @@ class PrivacyLedger:
         self, delta: float, *, method: str = "rdp", client: int | None = None, unit: str | None = None
     ) -> float:
         """:meth:`epsilon` without the :meth:`void` check (for diagnostics only: not a guarantee when voided)."""
-        delta = check_delta(delta)
+        delta = check_delta(delta, positive=True)
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
         if method == "pld":

@@ -33,8 +33,9 @@ from dp_accounting.pld import privacy_loss_distribution as _pld
 from scipy.optimize import brentq
 from scipy.stats import norm
 
-from privfl.accounting.analysis import check_delta, subsampled_pure_epsilon
+from privfl.accounting.analysis import subsampled_pure_epsilon
 from privfl.core import PrivacyGuarantee
+from privfl.params import check_delta
 
 __all__ = ["Component", "pld_epsilon", "component_pld", "choose_interval", "gaussian_epsilon_exact", "has_pld",
            "DEFAULT_INTERVAL"]
@@ -180,7 +181,7 @@ def pld_epsilon(components: Sequence[Component], delta: float, *, interval: floa
     (any upper bound on ε, e.g. the RDP-converted one). ``cache`` (a dict the caller keeps) holds
     the per-release PLDs between calls, keyed by (guarantee identity, rate, interval).
     """
-    delta = check_delta(delta)
+    delta = check_delta(delta, positive=True)
     active = [(g, float(q), int(k)) for g, q, k in components if k > 0]
     if not active:
         return 0.0

@@ -18,7 +18,6 @@ cached; every call returns freshly allocated tensors.
 from __future__ import annotations
 
 import math
-import numbers
 from functools import lru_cache
 
 import numpy as np
@@ -27,6 +26,7 @@ from sklearn.model_selection import train_test_split
 from torch import Tensor
 
 from privfl.data.base import Dataset
+from privfl.params import Constraint, Int, Real, validated
 from privfl.registry import register
 
 __all__ = ["NATURAL_IMAGES", "MIN_PATCH_STD"]
@@ -50,35 +50,11 @@ _MAX_SEED = 2**32 - 1  # scikit-learn's random_state range
 
 
 # --------------------------------------------------------------------------------------------
-# Parameter checks
+# Declared parameters (checked by privfl.params.validated)
 # --------------------------------------------------------------------------------------------
-def _check_int(dataset: str, name: str, value: object, minimum: int, maximum: int | None = None) -> int:
-    allowed = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-        raise TypeError(
-            f"dataset {dataset!r}: {name} must be an int {allowed}, got {type(value).__name__} {value!r}"
-        )
-    value = int(value)
-    if value < minimum or (maximum is not None and value > maximum):
-        raise ValueError(f"dataset {dataset!r}: {name} must be an int {allowed}, got {value}")
-    return value
-
-
-def _check_real(dataset: str, name: str, value: object) -> float:
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        raise TypeError(f"dataset {dataset!r}: {name} must be a real number, got {type(value).__name__} "
-                        f"{value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"dataset {dataset!r}: {name} must be finite, got {value}")
-    return value
-
-
-def _check_fraction(dataset: str, value: object) -> float:
-    f = _check_real(dataset, "test_fraction", value)
-    if not 0.0 < f < 1.0:
-        raise ValueError(f"dataset {dataset!r}: test_fraction must lie strictly between 0 and 1, got {f}")
-    return f
+TEST_FRACTION = Real(0, 1, lo_open=True, hi_open=True, typical=(0.1, 0.5))
+SEED = Int(0, _MAX_SEED, typical=(0, 100))
+SPLIT = {"test_fraction": TEST_FRACTION, "split_seed": SEED}
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,13 +142,13 @@ def _digits_raw() -> tuple[np.ndarray, np.ndarray]:
 
 
 @register("dataset", "digits")
+@validated(SPLIT, name="digits")
 def digits(test_fraction: float = 0.2, split_seed: int = 0) -> Dataset:
     """UCI optical handwritten digits via ``sklearn.datasets.load_digits`` (Alpaydin & Kaynak 1998).
 
     1,797 images ``[N, 1, 8, 8]``, pixels = counts / 16 in [0, 1], 10 classes; stratified split.
     """
-    test_fraction = _check_fraction("digits", test_fraction)
-    split_seed = _check_int("digits", "split_seed", split_seed, 0, _MAX_SEED)
+    test_fraction, split_seed = float(test_fraction), int(split_seed)
     pixels, labels = _digits_raw()
     train, test = _split("digits", labels, test_fraction, split_seed)
     return _normalised(
@@ -199,14 +175,14 @@ def _lfw_raw() -> tuple[np.ndarray, np.ndarray]:
 
 
 @register("dataset", "lfw-faces")
+@validated(SPLIT, name="lfw-faces")
 def lfw_faces(test_fraction: float = 0.2, split_seed: int = 0) -> Dataset:
     """Face / non-face crops from LFW via ``skimage.data.lfw_subset`` (Huang et al. 2012).
 
     200 grayscale images ``[N, 1, 25, 25]`` in [0, 1]; label 1 = face (the first 100 in
     scikit-image's order), 0 = non-face (background crops); stratified split.
     """
-    test_fraction = _check_fraction("lfw-faces", test_fraction)
-    split_seed = _check_int("lfw-faces", "split_seed", split_seed, 0, _MAX_SEED)
+    test_fraction, split_seed = float(test_fraction), int(split_seed)
     pixels, labels = _lfw_raw()
     train, test = _split("lfw-faces", labels, test_fraction, split_seed)
     return _normalised(
@@ -237,6 +213,8 @@ def _usable_patches(image: str, patch_size: int) -> np.ndarray:
 
 
 @register("dataset", "natural-patches")
+@validated({"patch_size": Int(4, None, typical=(8, 32)), "per_image": Int(2, None, typical=(2, 50)), **SPLIT},
+           name="natural-patches")
 def natural_patches(
     patch_size: int = 32, per_image: int = 200, test_fraction: float = 0.2, split_seed: int = 0
 ) -> Dataset:
@@ -250,10 +228,8 @@ def natural_patches(
     patches, the others contribute 200 each. Pixels = uint8 / 255; stratified split.
     """
     ds_name = "natural-patches"
-    patch_size = _check_int(ds_name, "patch_size", patch_size, 4)
-    per_image = _check_int(ds_name, "per_image", per_image, 2)
-    test_fraction = _check_fraction(ds_name, test_fraction)
-    split_seed = _check_int(ds_name, "split_seed", split_seed, 0, _MAX_SEED)
+    patch_size, per_image, split_seed, test_fraction = int(patch_size), int(per_image), int(split_seed), float(
+        test_fraction)
     chunks, labels = [], []
     for k, image in enumerate(NATURAL_IMAGES):
         usable = _usable_patches(image, patch_size)
@@ -278,6 +254,14 @@ def natural_patches(
 # synthetic
 # --------------------------------------------------------------------------------------------
 @register("dataset", "synthetic")
+@validated(
+    {"n_samples": Int(4, None, typical=(40, 400)), "n_features": Int(1, None, typical=(1, 20)),
+     "n_classes": Int(2, None, typical=(2, 5)), "separation": Real(0, None, typical=(0.0, 4.0)),
+     "test_fraction": TEST_FRACTION, "seed": SEED},
+    name="synthetic",
+    constraints=(Constraint(("n_samples", "n_classes"), lambda v: v["n_samples"] >= 2 * v["n_classes"],
+                            "n_samples must be >= 2·n_classes (two samples per class)"),),
+)
 def synthetic(
     n_samples: int = 2000,
     n_features: int = 20,
@@ -297,14 +281,8 @@ def synthetic(
     samples.
     """
     ds_name = "synthetic"
-    n_classes = _check_int(ds_name, "n_classes", n_classes, 2)
-    n_samples = _check_int(ds_name, "n_samples", n_samples, 2 * n_classes)
-    n_features = _check_int(ds_name, "n_features", n_features, 1)
-    separation = _check_real(ds_name, "separation", separation)
-    if separation < 0:
-        raise ValueError(f"dataset {ds_name!r}: separation must be >= 0, got {separation}")
-    test_fraction = _check_fraction(ds_name, test_fraction)
-    seed = _check_int(ds_name, "seed", seed, 0, _MAX_SEED)
+    n_classes, n_samples, n_features, seed = int(n_classes), int(n_samples), int(n_features), int(seed)
+    separation, test_fraction = float(separation), float(test_fraction)
 
     gen = torch.Generator().manual_seed(seed)
     means = torch.randn(n_classes, n_features, generator=gen, dtype=torch.float64)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from privfl.data.base import Dataset
+from privfl.params import Choice, Instance, Int, validated
 from privfl.registry import register
 
 __all__ = ["RejectedGlobalError", "RestrictedUnpickler", "load_cifar10", "load_cifar100", "load_mnist"]
@@ -129,29 +130,19 @@ def _load_pickle(path: Path) -> dict[bytes, Any]:
 # --------------------------------------------------------------------------- shared helpers
 
 
-def _check_root(root: object, dataset: str, layout: str) -> Path:
-    if not isinstance(root, (str, os.PathLike)):
-        raise TypeError(
-            f"{dataset}: root must be a str path to the data directory, got {type(root).__name__} {root!r}"
-        )
+#: ``root`` (the data directory) and ``limit`` (first examples kept) of the file loaders
+ROOT = Instance(str, os.PathLike)
+LIMIT = Int(1, None, optional=True, typical=(1, 100))
+
+
+def _check_root(root: str | os.PathLike, dataset: str, layout: str) -> Path:
+    """The data directory (its type is declared: :data:`ROOT`); ``FileNotFoundError`` when missing."""
     path = Path(root).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(
             f"{dataset}: root directory {path} does not exist; expected layout {layout}. {_NO_DOWNLOAD}."
         )
     return path
-
-
-def _check_limit(limit: object, dataset: str) -> int | None:
-    if limit is None:
-        return None
-    if not isinstance(limit, int) or isinstance(limit, bool):
-        raise TypeError(
-            f"{dataset}: limit must be a positive int or None, got {type(limit).__name__} {limit!r}"
-        )
-    if limit < 1:
-        raise ValueError(f"{dataset}: limit must be a positive int or None, got {limit}")
-    return limit
 
 
 def _require(paths: list[Path], dataset: str, layout: str) -> None:
@@ -258,13 +249,13 @@ def _concat(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.
 
 
 @register("dataset", "cifar10")
+@validated({"root": ROOT, "limit": LIMIT}, name="cifar10")
 def load_cifar10(root: str, limit: int | None = None) -> Dataset:
     """CIFAR-10 (Krizhevsky 2009) from ``root/cifar-10-batches-py``: 50,000 train / 10,000 test.
 
     Reads the five training batches in order and the test batch; class names from
     ``batches.meta``. ``limit`` keeps the first ``limit`` training and test examples. Never downloads.
     """
-    limit = _check_limit(limit, "cifar10")
     base = _check_root(root, "cifar10", CIFAR10_LAYOUT) / "cifar-10-batches-py"
     train_files = [base / f"data_batch_{i}" for i in range(1, 6)]
     test_file, meta_file = base / "test_batch", base / "batches.meta"
@@ -282,17 +273,13 @@ def load_cifar10(root: str, limit: int | None = None) -> Dataset:
 
 
 @register("dataset", "cifar100")
+@validated({"root": ROOT, "label": Choice("fine", "coarse"), "limit": LIMIT}, name="cifar100")
 def load_cifar100(root: str, label: str = "fine", limit: int | None = None) -> Dataset:
     """CIFAR-100 (Krizhevsky 2009) from ``root/cifar-100-python``: 50,000 train / 10,000 test.
 
     ``label="fine"`` (default) gives the 100 classes, ``"coarse"`` the 20 superclasses; names from
     ``meta``. ``limit`` keeps the first ``limit`` training and test examples. Never downloads.
     """
-    if not isinstance(label, str):
-        raise TypeError(f"cifar100: label must be 'fine' or 'coarse', got {type(label).__name__} {label!r}")
-    if label not in ("fine", "coarse"):
-        raise ValueError(f"cifar100: label must be 'fine' or 'coarse', got {label!r}")
-    limit = _check_limit(limit, "cifar100")
     base = _check_root(root, "cifar100", CIFAR100_LAYOUT) / "cifar-100-python"
     train_file, test_file, meta_file = base / "train", base / "test", base / "meta"
     _require([train_file, test_file, meta_file], "cifar100", CIFAR100_LAYOUT)
@@ -360,6 +347,7 @@ def _mnist_split(base: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 @register("dataset", "mnist")
+@validated({"root": ROOT, "limit": LIMIT}, name="mnist")
 def load_mnist(root: str, limit: int | None = None) -> Dataset:
     """MNIST (LeCun et al. 1998) from ``root/MNIST/raw`` IDX files: 60,000 train / 10,000 test.
 
@@ -367,7 +355,6 @@ def load_mnist(root: str, limit: int | None = None) -> Dataset:
     "0".."9". Plain and ``.gz`` files are both read (plain preferred). ``limit`` keeps the first
     ``limit`` training and test examples. Never downloads.
     """
-    limit = _check_limit(limit, "mnist")
     base = _check_root(root, "mnist", MNIST_LAYOUT) / "MNIST" / "raw"
     if not base.is_dir():
         raise FileNotFoundError(

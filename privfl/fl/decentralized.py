@@ -30,7 +30,7 @@ import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -39,10 +39,11 @@ from torch.func import functional_call, grad, vmap
 
 from privfl.core import ByzantineAttack, DataPoisoningAttack, Mixing
 from privfl.data.base import Dataset
-from privfl.fl.local import LocalSGD, plan_batches
+from privfl.fl.local import PARALLEL, LocalSGD, plan_batches
 from privfl.fl.rounds import run_rounds
 from privfl.fl.simulation import evaluate
 from privfl.flat import flatten, layout_of, load_flat, supports_vmap, unflatten, unflatten_batch
+from privfl.params import COUNT, Choice, Instance, Param, Real, check_fields
 from privfl.registry import make
 from privfl.seeding import make_generator
 
@@ -117,6 +118,14 @@ class DecentralizedSimulation:
     eval_every: int = 1
     seed: int = 0
     device: torch.device | str = "cpu"
+    #: the declared range of the scalar settings (checked by ``privfl.params.check_fields``)
+    param_space: ClassVar[dict[str, Param]] = {
+        "model": Instance(nn.Module), "dataset": Instance(Dataset), "local": Instance(LocalSGD),
+        "beta": Real(0, 1, hi_open=True), "mixing": Instance(Mixing, optional=True),
+        "graph": Choice("complete", "sampled"),
+        "byzantine_attack": Instance(ByzantineAttack, DataPoisoningAttack, optional=True),
+        "attack_on": Choice("models", "updates"), "parallel": PARALLEL, "eval_every": COUNT,
+    }
 
     def __post_init__(self) -> None:
         self._validate()
@@ -158,15 +167,10 @@ class DecentralizedSimulation:
 
     # ------------------------------------------------------------------ validation
     def _validate(self) -> None:
-        if not isinstance(self.model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(self.model).__name__}")
-        if not isinstance(self.dataset, Dataset):
-            raise TypeError(f"dataset must be a privfl Dataset, got {type(self.dataset).__name__}")
+        check_fields(self)
         n = len(self.clients)
         if n < 1:
             raise ValueError("clients must hold at least one node's index tensor")
-        if not isinstance(self.local, LocalSGD):
-            raise TypeError(f"local must be a LocalSGD, got {type(self.local).__name__}")
         if getattr(self.local, "dp_clip", None) is not None:
             raise ValueError("local.dp_clip: example-level DP-SGD is not supported in decentralized learning")
         if self.local.momentum:
@@ -174,16 +178,6 @@ class DecentralizedSimulation:
                 f"local.momentum must be 0 in decentralized learning (got {self.local.momentum}); "
                 "the node's Polyak momentum is beta"
             )
-        if not (isinstance(self.beta, (int, float)) and 0.0 <= self.beta < 1.0):
-            raise ValueError(f"beta (node momentum) must be in [0, 1), got {self.beta!r}")
-        if self.graph not in ("complete", "sampled"):
-            raise ValueError(f"graph must be 'complete' or 'sampled', got {self.graph!r}")
-        if self.attack_on not in ("models", "updates"):
-            raise ValueError(f"attack_on must be 'models' or 'updates', got {self.attack_on!r}")
-        if self.parallel not in ("auto", "vmap", "loop"):
-            raise ValueError(f"parallel must be 'auto', 'vmap' or 'loop', got {self.parallel!r}")
-        if self.mixing is not None and not isinstance(self.mixing, Mixing):
-            raise TypeError(f"mixing must be a privfl Mixing (e.g. NNA), got {type(self.mixing).__name__}")
         bad = [c for c in self.byzantine_nodes if not (0 <= int(c) < n)]
         if bad:
             raise ValueError(f"byzantine_nodes {bad} are not node ids in [0, {n})")
@@ -192,15 +186,8 @@ class DecentralizedSimulation:
             raise ValueError(f"byzantine_nodes: {f} Byzantine nodes of {n} leaves no honest node")
         if f and self.byzantine_attack is None:
             raise ValueError("byzantine_nodes were given but no byzantine_attack to run on them")
-        if self.byzantine_attack is not None and not isinstance(
-            self.byzantine_attack, (ByzantineAttack, DataPoisoningAttack)
-        ):
-            raise TypeError(f"byzantine_attack must be a ByzantineAttack or DataPoisoningAttack, got "
-                            f"{type(self.byzantine_attack).__name__}")
         if self.graph == "sampled" and n < 2 * f + 1:
             raise ValueError(f"graph='sampled' needs n >= 2f + 1 (each node receives n − f models), got n={n}, f={f}")
-        if not isinstance(self.eval_every, int) or self.eval_every < 1:
-            raise ValueError(f"eval_every must be an int >= 1, got {self.eval_every!r}")
 
     # ------------------------------------------------------------------ local steps
     def _gradients_vmap(self, W: Tensor, idx: Tensor, mask: Tensor | None) -> Tensor:

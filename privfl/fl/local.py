@@ -24,9 +24,9 @@ BatchNorm have no per-sample gradients and are rejected (as Opacus does).
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -34,8 +34,13 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from privfl.flat import ParamLayout, flatten, load_flat, supports_vmap, unflatten
+from privfl.params import Choice, Constraint, Int, Param, Real, check_fields
 
 __all__ = ["LocalSGD", "BatchPlan", "plan_batches", "sampling_rates", "supports_vmap", "train_vmap", "train_loop"]
+
+
+#: how clients are trained: ``"vmap"`` (batched), ``"loop"``, or ``"auto"`` (vmap when the model allows)
+PARALLEL = Choice("auto", "vmap", "loop")
 
 
 @dataclass(frozen=True)
@@ -50,28 +55,25 @@ class LocalSGD:
     dp_clip: float | None = None
     dp_noise: float = 0.0
 
+    param_space: ClassVar[dict[str, Param]] = {
+        "steps": Int(1, None, typical=(1, 4)),
+        "batch_size": Int(1, None, optional=True, typical=(1, 32)),  # None: full batch
+        "lr": Real(0, None, lo_open=True, log=True, typical=(0.01, 1.0)),
+        "momentum": Real(0, 1, hi_open=True),
+        "weight_decay": Real(0, None, typical=(0.0, 0.01)),
+        "dp_clip": Real(0, None, lo_open=True, optional=True, typical=(0.1, 10.0)),  # None: no DP-SGD
+        "dp_noise": Real(0, None, typical=(0.0, 2.0)),
+    }
+    param_constraints: ClassVar[tuple[Constraint, ...]] = (
+        Constraint(("dp_noise", "dp_clip"), lambda v: v["dp_noise"] == 0 or v["dp_clip"] is not None,
+                   "dp_noise > 0 needs dp_clip (the per-sample clipping norm R)", reads_none=True),
+        Constraint(("dp_clip", "batch_size"), lambda v: v["dp_clip"] is None or v["batch_size"] is not None,
+                   "DP-SGD (dp_clip) needs batch_size: the expected Poisson batch size B, whose fixed denominator "
+                   "bounds the sensitivity", reads_none=True),
+    )
+
     def __post_init__(self) -> None:
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"local_steps must be an int >= 1, got {self.steps!r}")
-        if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
-            raise ValueError(f"batch_size must be an int >= 1 or None (full batch), got {self.batch_size!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
-        if not (0.0 <= self.momentum < 1.0):
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
-        if not (self.weight_decay >= 0.0 and math.isfinite(self.weight_decay)):
-            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
-        if self.dp_clip is not None and not (
-            isinstance(self.dp_clip, (int, float)) and math.isfinite(self.dp_clip) and self.dp_clip > 0
-        ):
-            raise ValueError(f"dp_clip must be a finite number > 0 or None (no DP-SGD), got {self.dp_clip!r}")
-        if not (isinstance(self.dp_noise, (int, float)) and math.isfinite(self.dp_noise) and self.dp_noise >= 0):
-            raise ValueError(f"dp_noise must be a finite number >= 0, got {self.dp_noise!r}")
-        if self.dp_noise > 0 and self.dp_clip is None:
-            raise ValueError(f"dp_noise={self.dp_noise!r} needs dp_clip (the per-sample clipping norm R)")
-        if self.dp_clip is not None and self.batch_size is None:
-            raise ValueError("DP-SGD (dp_clip) needs batch_size: the expected Poisson batch size B, "
-                             "whose fixed denominator bounds the sensitivity")
+        check_fields(self)
 
     @property
     def dp(self) -> bool:

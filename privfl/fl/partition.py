@@ -13,14 +13,13 @@ partitions.
 from __future__ import annotations
 
 import inspect
-import math
-import numbers
 from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from privfl.params import Int, Real, check_generator, validated
 from privfl.registry import check_keywords, get, register
 
 __all__ = ["iid", "dirichlet", "shards", "partition"]
@@ -39,26 +38,11 @@ def _check_labels(labels: object) -> Tensor:
     return labels.detach().to("cpu", torch.int64)
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-    return int(value)
-
-
-def _check_generator(generator: object) -> torch.Generator:
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__} {generator!r}")
-    if generator.device.type != "cpu":
-        raise ValueError(f"generator must be a CPU torch.Generator, got one on {generator.device}")
-    return generator
-
-
-def _check_common(labels: object, num_clients: object, generator: object) -> tuple[Tensor, int]:
+def _check_common(labels: object, num_clients: int, generator: object, owner: str) -> tuple[Tensor, int]:
+    """The data-dependent checks (``num_clients`` itself is declared in each partition's param_space)."""
     y = _check_labels(labels)
-    n = _check_int("num_clients", num_clients, 1)
-    _check_generator(generator)
+    n = int(num_clients)
+    check_generator(generator, owner=owner, device="cpu", required=True)
     if n > len(y):
         raise ValueError(
             f"num_clients={n} exceeds the number of samples ({len(y)}); every client needs at least one"
@@ -73,11 +57,15 @@ def _sorted_parts(parts: list[Tensor]) -> list[Tensor]:
 # --------------------------------------------------------------------------------------------
 # Partitions
 # --------------------------------------------------------------------------------------------
+NUM_CLIENTS = Int(1, None, typical=(1, 4))
+
+
 @register("partition", "iid")
+@validated({"num_clients": NUM_CLIENTS})
 def iid(labels: Tensor, num_clients: int, *, generator: torch.Generator) -> list[Tensor]:
     """Uniformly random split: a random permutation cut into ``num_clients`` contiguous parts whose
     sizes differ by at most one (the first ``N % num_clients`` clients get the extra sample)."""
-    y, n = _check_common(labels, num_clients, generator)
+    y, n = _check_common(labels, num_clients, generator, "iid")
     perm = torch.randperm(len(y), generator=generator)
     return _sorted_parts(list(torch.tensor_split(perm, n)))
 
@@ -90,6 +78,7 @@ def _numpy_rng(generator: torch.Generator) -> np.random.Generator:
 
 
 @register("partition", "dirichlet")
+@validated({"num_clients": NUM_CLIENTS, "alpha": Real(0, None, lo_open=True, log=True, typical=(0.1, 10.0))})
 def dirichlet(
     labels: Tensor, num_clients: int, alpha: float, *, generator: torch.Generator
 ) -> list[Tensor]:
@@ -108,12 +97,8 @@ def dirichlet(
     count. ``p_i`` is drawn with NumPy (``Generator.dirichlet``, which stays accurate for tiny
     ``alpha``) seeded by one draw from ``generator``; the within-class choice uses ``generator``.
     """
-    y, n = _check_common(labels, num_clients, generator)
-    if not isinstance(alpha, numbers.Real) or isinstance(alpha, bool):
-        raise TypeError(f"alpha must be a positive finite real number, got {type(alpha).__name__} {alpha!r}")
+    y, n = _check_common(labels, num_clients, generator, "dirichlet")
     alpha = float(alpha)
-    if not (math.isfinite(alpha) and alpha > 0):
-        raise ValueError(f"alpha must be a positive finite real number, got {alpha}")
 
     rng = _numpy_rng(generator)
     _, cls = torch.unique(y, return_inverse=True)
@@ -152,6 +137,7 @@ def dirichlet(
 
 
 @register("partition", "shards")
+@validated({"num_clients": NUM_CLIENTS, "shards_per_client": Int(1, None, typical=(1, 3))})
 def shards(
     labels: Tensor, num_clients: int, shards_per_client: int = 2, *, generator: torch.Generator
 ) -> list[Tensor]:
@@ -159,8 +145,8 @@ def shards(
     networks from decentralized data"): sort samples by label (stable), cut the order into
     ``num_clients * shards_per_client`` contiguous shards of ``N // S`` samples (the last shard
     also takes the ``N % S`` leftovers), and deal shards to clients by a random permutation."""
-    y, n = _check_common(labels, num_clients, generator)
-    spc = _check_int("shards_per_client", shards_per_client, 1)
+    y, n = _check_common(labels, num_clients, generator, "shards")
+    spc = int(shards_per_client)
     s = n * spc
     if s > len(y):
         raise ValueError(

@@ -45,11 +45,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -67,9 +66,10 @@ from privfl.core import (
     PreAggregator,
 )
 from privfl.data.base import Dataset
-from privfl.fl.local import LocalSGD, plan_batches, sampling_rates, train_loop, train_vmap
+from privfl.fl.local import PARALLEL, LocalSGD, plan_batches, sampling_rates, train_loop, train_vmap
 from privfl.fl.rounds import run_rounds
 from privfl.flat import flatten, layout_of, load_flat, supports_vmap, unflatten
+from privfl.params import COUNT, OPEN_UNIT, POSITIVE, Choice, Instance, Param, Real, check_fields
 from privfl.registry import make
 from privfl.seeding import make_generator
 
@@ -164,6 +164,15 @@ class FederatedSimulation:
     #: the server sees only the sum of the round's reports (simulated pairwise masks, see
     #: :meth:`_secure_sum`); the mechanism needs ``sum_guarantee``/``decode_sum``/``sum_bits``
     secure_aggregation: bool = False
+    #: the declared range of the scalar settings (checked by ``privfl.params.check_fields``)
+    param_space: ClassVar[dict[str, Param]] = {
+        "model": Instance(nn.Module), "dataset": Instance(Dataset), "protocol": Choice("fedavg", "fedsgd"),
+        "local": Instance(LocalSGD), "server_lr": POSITIVE, "worker_momentum": Real(0, 1, hi_open=True),
+        "sample_rate": Real(0, 1, lo_open=True), "sampling": Choice("uniform", "poisson"), "parallel": PARALLEL,
+        "eval_every": COUNT, "delta": OPEN_UNIT, "accounting": Choice(*METHODS),
+        "ledger": Instance(PrivacyLedger, optional=True), "mechanism": Instance(Mechanism, optional=True),
+        "aggregator": Instance(Aggregator, optional=True),
+    }
 
     def __post_init__(self) -> None:
         self._validate()
@@ -206,28 +215,9 @@ class FederatedSimulation:
 
     # ------------------------------------------------------------------ validation
     def _validate(self) -> None:
-        if not isinstance(self.model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(self.model).__name__}")
-        if not isinstance(self.dataset, Dataset):
-            raise TypeError(f"dataset must be a privfl Dataset, got {type(self.dataset).__name__}")
+        check_fields(self)
         if len(self.clients) < 1:
             raise ValueError("clients must hold at least one client's index tensor")
-        if self.mechanism is not None and not isinstance(self.mechanism, Mechanism):
-            raise TypeError(f"mechanism must be a privfl Mechanism or None, got {type(self.mechanism).__name__}")
-        if self.aggregator is not None and not isinstance(self.aggregator, Aggregator):
-            raise TypeError(f"aggregator must be a privfl Aggregator or None, got {type(self.aggregator).__name__}")
-        if self.protocol not in ("fedavg", "fedsgd"):
-            raise ValueError(f"protocol must be 'fedavg' or 'fedsgd', got {self.protocol!r}")
-        if not (0.0 < self.sample_rate <= 1.0):
-            raise ValueError(f"sample_rate must be in (0, 1], got {self.sample_rate!r}")
-        if self.sampling not in ("uniform", "poisson"):
-            raise ValueError(f"sampling must be 'uniform' or 'poisson', got {self.sampling!r}")
-        if not (0.0 <= self.worker_momentum < 1.0):
-            raise ValueError(f"worker_momentum must be in [0, 1), got {self.worker_momentum!r}")
-        if not (math.isfinite(self.server_lr) and self.server_lr > 0):
-            raise ValueError(f"server_lr must be a finite number > 0, got {self.server_lr!r}")
-        if self.parallel not in ("auto", "vmap", "loop"):
-            raise ValueError(f"parallel must be 'auto', 'vmap' or 'loop', got {self.parallel!r}")
         bad = [c for c in self.byzantine_clients if not (0 <= int(c) < len(self.clients))]
         if bad:
             raise ValueError(f"byzantine_clients {bad} are not client ids in [0, {len(self.clients)})")
@@ -236,14 +226,6 @@ class FederatedSimulation:
         unknown = [g for g in self.grant if g not in GRANTABLE]
         if unknown:
             raise ValueError(f"grant: unknown fields {unknown}; grantable: {', '.join(GRANTABLE)}")
-        if not isinstance(self.eval_every, int) or self.eval_every < 1:
-            raise ValueError(f"eval_every must be an int >= 1, got {self.eval_every!r}")
-        if isinstance(self.delta, bool) or not isinstance(self.delta, (int, float)) or not (0 < self.delta < 1):
-            raise ValueError(f"delta must be a number in (0, 1), got {self.delta!r}")
-        if self.accounting not in METHODS:
-            raise ValueError(f"accounting must be one of {', '.join(map(repr, METHODS))}, got {self.accounting!r}")
-        if self.ledger is not None and not isinstance(self.ledger, PrivacyLedger):
-            raise TypeError(f"ledger must be a PrivacyLedger or None, got {type(self.ledger).__name__}")
 
     def _apply_mechanism_requirements(self) -> None:
         mech = self.mechanism

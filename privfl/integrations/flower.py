@@ -42,7 +42,6 @@ grid-exact discrete Gaussian (:mod:`privfl.secure_rng`); ``rng="seeded"`` uses g
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Iterable, Sequence
 from logging import INFO, WARNING
 from typing import Any
@@ -65,6 +64,7 @@ from privfl.defenses._common import nonfinite_rows
 from privfl.fl.local import LocalSGD, plan_batches, train_loop
 from privfl.fl.simulation import evaluate
 from privfl.flat import ParamLayout, layout_of, load_flat, unflatten
+from privfl.params import POSITIVE, PROBABILITY, Choice, Instance
 from privfl.secure_rng import check_rng, default_source, with_rng
 from privfl.seeding import make_generator
 
@@ -437,18 +437,13 @@ class PrivflStrategy(FedAvg):
         **fedavg_kwargs: Any,
     ) -> None:
         super().__init__(**fedavg_kwargs)
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if not (0.0 <= self.fraction_train <= 1.0):
-            raise ValueError(f"fraction_train must be in [0, 1], got {self.fraction_train!r}")
-        if sampling not in ("poisson", "fixed"):
-            raise ValueError(f"sampling must be 'poisson' or 'fixed', got {sampling!r}")
-        if not isinstance(weighted, bool):
-            raise TypeError(f"weighted must be a bool, got {type(weighted).__name__}")
-        if not (isinstance(server_lr, (int, float)) and math.isfinite(server_lr) and server_lr > 0):
-            raise ValueError(f"server_lr must be a finite number > 0, got {server_lr!r}")
-        if tap is not None and not isinstance(tap, CuriousServerTap):
-            raise TypeError(f"tap must be a CuriousServerTap or None, got {type(tap).__name__}")
+        owner = type(self).__name__
+        for name, value, param in (
+            ("model", model, Instance(nn.Module)), ("fraction_train", self.fraction_train, PROBABILITY),
+            ("sampling", sampling, Choice("poisson", "fixed")), ("weighted", weighted, Choice(True, False)),
+            ("server_lr", server_lr, POSITIVE), ("tap", tap, Instance(CuriousServerTap, optional=True)),
+        ):
+            param.check(name, value, owner=owner)
         if ledger is not None and not isinstance(ledger, PrivacyLedger):
             raise TypeError(f"ledger must be a PrivacyLedger or None, got {type(ledger).__name__}")
         self.rng = check_rng(rng)

@@ -471,10 +471,8 @@ def check_contract(
     report = ContractReport(name, kind)
     chk = _Checker(report)
     device = torch.device(device) if device is not None else torch.device("cpu")
-    if not isinstance(d, int) or d < 1:
-        raise ValueError(f"d must be an int >= 1, got {d!r}")
-    if n is not None and (not isinstance(n, int) or n < 1):
-        raise ValueError(f"n must be an int >= 1 or None, got {n!r}")
+    P.COUNT.check("d", d, owner="check_contract")
+    P.Int(1, None, optional=True).check("n", n, owner="check_contract")
     declared_random = bool(getattr(component, "randomized", False)) if randomized is None else bool(randomized)
     try:
         if kind == "mechanism":

@@ -37,6 +37,7 @@ from torch import Tensor
 from privfl.accounting.analysis import DEFAULT_ORDERS, pmf_rdp, rdp_to_epsilon
 from privfl.accounting.ledger import PrivacyLedger, epsilon_after
 from privfl.core import Mechanism, PrivacyGuarantee
+from privfl.params import NON_NEGATIVE, OPEN_UNIT, Int, check_delta
 from privfl.testing.privacy import _pmf, _public_draws, default_inputs, has_output_pmf
 
 __all__ = [
@@ -140,10 +141,8 @@ def check_unbiased(
         raise TypeError(f"mechanism must be a privfl Mechanism, got {type(mechanism).__name__}")
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if not (0 < alpha < 1):
-        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
-    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 2:
-        raise ValueError(f"trials must be an int >= 2, got {trials!r}")
+    OPEN_UNIT.check("alpha", alpha, owner="check_unbiased")
+    Int(2, None).check("trials", trials, owner="check_unbiased")
     out, default_target = _unbiased_draws(mechanism, x, trials, seed)
     if identical_across_seeds(mechanism, x, seed=seed):
         raise AssertionError(f"{mechanism.name}: identical draws for seeds {seed} and {seed + 7919} although they vary "
@@ -366,11 +365,9 @@ def check_claim(mechanism: Mechanism | PrivacyGuarantee, independent_epsilon: fl
     g = mechanism.guarantee() if isinstance(mechanism, Mechanism) else mechanism
     if not isinstance(g, PrivacyGuarantee):
         raise TypeError(f"mechanism must be a Mechanism or PrivacyGuarantee, got {type(mechanism).__name__}")
-    if isinstance(independent_epsilon, bool) or not isinstance(independent_epsilon, (int, float)) \
-            or not independent_epsilon >= 0:
-        raise ValueError(f"independent_epsilon must be a number >= 0, got {independent_epsilon!r}")
-    if not (isinstance(delta, (int, float)) and 0 <= delta < 1):
-        raise ValueError(f"delta must be in [0, 1), got {delta!r}")
+    if independent_epsilon != math.inf:  # an independent ε = ∞ is allowed (it bounds nothing)
+        NON_NEGATIVE.check("independent_epsilon", independent_epsilon, owner="check_claim")
+    check_delta(delta, owner="check_claim")
     if delta == 0:
         claimed = float(g.epsilon_pure)
     else:

@@ -66,6 +66,7 @@ from torch import Tensor
 from privfl.accounting.empirical import EmpiricalBound, epsilon_lower_bound
 from privfl.accounting.ledger import epsilon_after
 from privfl.core import Mechanism
+from privfl.params import NON_NEGATIVE, OPEN_UNIT, Instance, check_delta
 
 __all__ = [
     "SamplingCheck",
@@ -469,16 +470,13 @@ def check_privacy_loss(
     here to check against an independent claim (the default reads the mechanism's own guarantee).
     Returns a :class:`PrivacyLossResult`; raises ``AssertionError`` when the check fails.
     """
-    if not isinstance(mechanism, Mechanism):
-        raise TypeError(f"mechanism must be a privfl Mechanism, got {type(mechanism).__name__}")
-    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 <= delta < 1:
-        raise ValueError(f"delta must be a number in [0, 1), got {delta!r}")
+    Instance(Mechanism).check("mechanism", mechanism, owner="check_privacy_loss")
+    check_delta(delta, owner="check_privacy_loss")
     if eps is None:
         eps = claimed_epsilon(mechanism, float(delta))
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0 or math.isnan(eps):
-        raise ValueError(f"eps must be a number >= 0 (or None: the mechanism's own claim), got {eps!r}")
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+    if eps != math.inf:  # a claim of ε = ∞ is allowed (it claims nothing)
+        NON_NEGATIVE.check("eps", eps, owner="check_privacy_loss")
+    OPEN_UNIT.check("alpha", alpha, owner="check_privacy_loss")
     eps, delta = float(eps), float(delta)
     dev = torch.device(device) if device is not None else torch.device("cpu")
     name = str(mechanism.name)

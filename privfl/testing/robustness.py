@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from privfl.core import Aggregator, Mixing, PreAggregator
+from privfl.params import COUNT, NON_NEGATIVE, Int
 
 __all__ = [
     "RobustnessReport",
@@ -390,10 +391,8 @@ def fuzz_nonfinite(
     it discards, but finite rows must stay finite); any exception is an error (the inputs are within
     ``f``). ``prepare(rule, rows)`` gives the rule to use per case (stateful rules).
     """
-    if not isinstance(cases, int) or isinstance(cases, bool) or cases < 1:
-        raise ValueError(f"cases must be an int >= 1, got {cases!r}")
-    if not isinstance(f, int) or isinstance(f, bool) or f < 0:
-        raise ValueError(f"f must be an int >= 0, got {f!r}")
+    COUNT.check("cases", cases, owner="fuzz_nonfinite")
+    Int(0, None).check("f", f, owner="fuzz_nonfinite")
     n = 4 * f + 3 if n is None else n
     gen = torch.Generator().manual_seed(seed)
     bad_out = errors = 0
@@ -596,10 +595,8 @@ def check_robust(
     ``AssertionError`` when the largest ratio exceeds ``kappa`` or the fuzz finds a non-finite output
     (unless ``raise_on_failure=False``).
     """
-    if not isinstance(f, int) or f < 0:
-        raise ValueError(f"f must be an int >= 0, got {f!r}")
-    if not (isinstance(kappa, (int, float)) and kappa >= 0):
-        raise ValueError(f"kappa must be a number >= 0, got {kappa!r}")
+    Int(0, None).check("f", f, owner="check_robust")
+    NON_NEGATIVE.check("kappa", kappa, owner="check_robust")
     n = 4 * f + 3 if n is None else n
     if n <= f:
         raise ValueError(f"n must exceed f, got n={n}, f={f}")

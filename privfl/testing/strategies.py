@@ -25,7 +25,7 @@ from torch import Tensor
 
 from privfl import registry
 from privfl.core import Mechanism
-from privfl.params import params_strategy, space_of
+from privfl.params import POSITIVE, Int, constraints_of, params_strategy, space_of
 from privfl.testing.robustness import adversarial_sets, update_matrices
 
 __all__ = [
@@ -62,7 +62,7 @@ def _declared_space(kind: str, name: str) -> dict:
 def component_params(kind: str, name: str, **fixed: Any):
     """Strategy: valid keyword dicts for ``make(kind, name, **params)`` (``fixed`` values kept as given)."""
     _st()
-    return params_strategy(_declared_space(kind, name), fixed)
+    return params_strategy(_declared_space(kind, name), fixed, constraints_of(registry.get(kind, name)))
 
 
 def mechanism_params(name: str, **fixed: Any):
@@ -152,10 +152,8 @@ def neighbouring_pairs(
     st = _st()
     if relation is not None and relation not in RELATIONS:
         raise ValueError(f"relation must be one of {RELATIONS} or None, got {relation!r}")
-    if not (isinstance(clip_norm, (int, float)) and clip_norm > 0):
-        raise ValueError(f"clip_norm must be a number > 0, got {clip_norm!r}")
-    if categories is not None and (not isinstance(categories, int) or categories < 2):
-        raise ValueError(f"categories must be an int >= 2 or None, got {categories!r}")
+    POSITIVE.check("clip_norm", clip_norm, owner="neighbouring_pairs")
+    Int(2, None, optional=True).check("categories", categories, owner="neighbouring_pairs")
     if min_rows < 1 or max_rows < min_rows:
         raise ValueError(f"need 1 <= min_rows <= max_rows, got {min_rows}, {max_rows}")
 
