@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from privfl import registry
+from privfl.evaluations.errors import SpecError
 from privfl.fl.local import LocalSGD
 from privfl.fl.partition import partition
 from privfl.fl.simulation import FederatedSimulation, RoundRecord
@@ -44,10 +45,6 @@ __all__ = [
     "register_extension",
     "Extension",
 ]
-
-
-class SpecError(ValueError):
-    """Bad input in a scenario or spec: which field, what it got, what is allowed."""
 
 
 # Upper bounds on the size-like fields (checked by ``Scenario.validate`` before anything runs), and on
