@@ -16,7 +16,10 @@
 - ``workers=0`` runs cells in this process (same numerics: one thread per cell either way).
 - Progress counts finished cells; the time left is estimated from the measured cost of finished
   cells of the same kind (:class:`Progress`). On a terminal a bar, otherwise a plain line on the
-  ``privfl`` logger every ``PROGRESS_EVERY_S`` seconds.
+  ``privfl`` logger every ``PROGRESS_EVERY_S`` seconds. Inside a cell, long loops (attacks, reference
+  models, audits) log on ``privfl.*`` (:mod:`privfl.progress`); pool workers forward those records to
+  this process through a queue (:class:`_LogForwarder`), each tagged with its cell, where the
+  ``privfl`` logger's handlers print them (above the bar on a terminal).
 
 **Backend seam.** :func:`compute_cell` is the unit of work a backend submits: it takes a cell's
 JSON payload and returns the cell's row (plain JSON, no store access). The driver (or a local
