@@ -55,6 +55,7 @@ MODE_TITLES = {
     "federated": "Federated training",
     "decentralized": "Decentralized learning",
     "analytics": "Federated analytics (local DP frequency estimation)",
+    "membership": "Membership inference",
 }
 # metric-name prefix -> what a table with such columns reports (shown in its heading)
 METRIC_FAMILIES = {
@@ -345,14 +346,22 @@ def _sections(done: list[CellRow], columns: list[str]) -> dict[str, tuple[str, l
         ]
         mode = group[0].scenario.get("mode", "federated")
         skey = f"{mode}|{','.join(present)}"
-        title = MODE_TITLES.get(mode, f"mode {mode}")
-        families = [name for prefix, name in METRIC_FAMILIES.items() if any(c.startswith(prefix) for c in present)]
-        if families:
-            title += " — " + ", ".join(families)
         if skey not in out:
-            out[skey] = (title, present, {})
+            out[skey] = (MODE_TITLES.get(mode, f"mode {mode}"), present, {})
         out[skey][2][key] = group
-    return out
+    return {skey: (_section_title(title, present, groups), present, groups)
+            for skey, (title, present, groups) in out.items()}
+
+
+def _section_title(title: str, present: list[str], groups: dict[str, list[CellRow]]) -> str:
+    """The mode's title and the metric families the table reports; "privacy spent" only where some ε is
+    finite (every federated cell reports ε, ∞ without a mechanism: not a privacy experiment)."""
+    def finite_eps(r: CellRow) -> bool:
+        return any(_numeric(v) and math.isfinite(v) for k, v in r.result["summary"].items() if k.startswith("epsilon"))
+
+    families = [name for prefix, name in METRIC_FAMILIES.items() if any(c.startswith(prefix) for c in present)
+                and (prefix != "epsilon" or any(finite_eps(r) for g in groups.values() for r in g))]
+    return title + (" — " + ", ".join(families) if families else "")
 
 
 def _notes(groups: dict[str, list[CellRow]], labels: dict[str, str], cols: list[str]) -> list[str]:

@@ -183,3 +183,28 @@ def test_cold_cli_refuses_a_huge_grid_without_importing_torch(tmp_path):
     assert out.returncode == 2 and "more than the limit of 500" in out.stderr
     imported = [line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time")]
     assert "privfl.cli" in imported and "torch" not in imported
+
+
+# ----------------------------------------------------------------------------------------- report text and plots
+def test_report_marks_coinciding_curves_and_titles_privacy_only_where_eps_is_finite(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    store = Store(tmp_path)
+    series = {"round": [1, 2, 3], "accuracy": [0.3, 0.6, 0.9]}
+    cells = [("mean", "mean", series), ("trimmed", "trimmed-mean", series),  # equal without Byzantine clients
+             ("median", "median", {"round": [1, 2, 3], "accuracy": [0.3, 0.5, 0.8]})]
+    for label, agg, s in cells:
+        store.record(cell_id=label, spec="s", label=label, seed=0, scenario=Scenario(aggregator=agg).to_dict(),
+                     status="done", result={"summary": {"final_accuracy": s["accuracy"][-1], "epsilon": float("inf")},
+                                            "series": s})
+    labels: list[str] = []
+    plot = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot",
+                        lambda self, *a, **k: (labels.append(k.get("label")), plot(self, *a, **k))[1])
+    write_report(tmp_path)
+    assert labels == ["mean (n=1)", "trimmed (n=1) — same curve as mean", "median (n=1)"]
+    assert "## Federated training\n" in (tmp_path / "results.md").read_text()  # ε = ∞ everywhere: no "privacy"
+    store.record(cell_id="dp", spec="s", label="dp", seed=0, scenario=Scenario(mechanism="dp-fedavg").to_dict(),
+                 status="done", result={"summary": {"final_accuracy": 0.5, "epsilon": 3.0}, "series": series})
+    write_report(tmp_path)
+    assert "## Federated training — privacy spent\n" in (tmp_path / "results.md").read_text()
