@@ -659,8 +659,8 @@ def audit_spec_empirical(
                        ("one-run", one_run_audit, {})]
         results = []
         for name, audit, kwargs in audits:
-            log.info("empirical audit %d/%d: %s — %s (%s trials per side)", k + 1, len(seen), label, name,
-                     f"{kwargs['trials']:,}" if "trials" in kwargs else "one run")
+            log.info("empirical audit %d/%d: %s — %s (%s)", k + 1, len(seen), label, name,
+                     f"{kwargs['trials']:,} trials per side" if "trials" in kwargs else "one training run")
             try:
                 results.append(audit(mech, **kwargs, **common))
             except (ValueError, TypeError) as exc:  # the audit does not apply to this mechanism: say why
