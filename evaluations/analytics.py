@@ -13,9 +13,9 @@
   ``successors=4``). Its stationary law is not uniform, unlike a random walk on a ring.
 
 At every collection each user participates with probability ``sample_rate`` (Poisson; 1.0 =
-everybody), privatizes its current value with ``mechanism`` (a frequency oracle from
-:mod:`privfl.mechanisms.ldp`, :mod:`~privfl.mechanisms.longitudinal` or
-:mod:`~privfl.mechanisms.loloha`) and the server estimates the participants' frequency vector.
+everybody), privatizes its current value with ``mechanism`` (any registered mechanism that declares the role
+``"frequency-oracle"``: those of :mod:`privfl.mechanisms.ldp`, :mod:`~privfl.mechanisms.longitudinal`,
+:mod:`~privfl.mechanisms.loloha`, or a user's) and the server estimates the participants' frequency vector.
 ``analytics_alpha`` sets ``eps_1 = alpha · eps_inf`` for protocols that take ``eps_1``.
 
 Reported per collection: MSE of the unbiased estimate (mean over the k categories of
@@ -36,17 +36,27 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from privfl import registry
 from privfl.accounting import PrivacyLedger
+from privfl.core import Mechanism
 from privfl.evaluations.report import register_plot
-from privfl.evaluations.scenario import Scenario, SpecError, register_mode, resolve_device
-from privfl.mechanisms.ldp import FrequencyOracle, project_simplex
-from privfl.mechanisms.longitudinal import LongitudinalOracle
+from privfl.evaluations.scenario import (
+    Scenario,
+    Section,
+    SpecError,
+    number,
+    register_mode,
+    register_section,
+    resolve_device,
+    size,
+)
+from privfl.mechanisms.ldp import project_simplex
 from privfl.seeding import make_generator
 
 __all__ = ["ZipfPopulation", "MarkovPopulation", "POPULATIONS", "make_population", "run_analytics",
@@ -155,7 +165,7 @@ def make_population(name: str, k: int, params: dict[str, Any], generator: torch.
 # --------------------------------------------------------------------------------------------
 # Validation and construction
 # --------------------------------------------------------------------------------------------
-def build_oracle(scenario: Scenario) -> FrequencyOracle:
+def build_oracle(scenario: Scenario) -> Mechanism:
     """The scenario's frequency oracle, with ``eps_1 = analytics_alpha · eps_inf`` where it applies."""
     if not scenario.mechanism:
         raise ValueError("mode 'analytics' needs a frequency-oracle mechanism (e.g. loloha, l-grr, olh)")
@@ -168,38 +178,47 @@ def build_oracle(scenario: Scenario) -> FrequencyOracle:
                 raise ValueError("give either analytics_alpha or mechanism_params.eps_1, not both")
             params["eps_1"] = alpha * params["eps_inf"]
     mech = registry.make("mechanism", scenario.mechanism, **params)
-    if not isinstance(mech, FrequencyOracle):
+    if mech.role != "frequency-oracle":
         raise ValueError(f"mechanism {scenario.mechanism!r} is not a frequency oracle (mode 'analytics' needs one of "
                          f"{', '.join(_frequency_oracles())})")
     return mech
+
+
+def _declared_oracle(factory: Any) -> bool | None:
+    """Whether a registered mechanism class declares the role ``"frequency-oracle"`` (None: a factory
+    function, known only once built)."""
+    if isinstance(factory, type) and issubclass(factory, Mechanism):
+        return "frequency-oracle" in factory.roles
+    return None
 
 
 def _frequency_oracles() -> list[str]:
     out = []
     for name in registry.available("mechanism"):
         factory = registry.get("mechanism", name)
-        if isinstance(factory, type) and issubclass(factory, FrequencyOracle):
+        if _declared_oracle(factory) is True:
             out.append(name)
     return out
 
 
+class AnalyticsSection(Section):
+    """Federated analytics: ``rounds`` collections over ``analytics_users`` users whose categorical values
+    evolve (``analytics_data``; k is ``mechanism_params.k``); ``sample_rate`` is the per-collection
+    participation probability; ``eps_1 = analytics_alpha · eps_inf`` where the protocol takes ``eps_1``."""
+
+    analytics_users: size("analytics_users") = 10000
+    analytics_data: Literal[tuple(POPULATIONS)] = "zipf"
+    analytics_data_params: dict[str, Any] = Field(default_factory=dict)
+    analytics_alpha: number(gt=0, lt=1) | None = Field(
+        None, description="eps_1 = analytics_alpha * eps_inf (null: the mechanism's own eps_1)")
+
+
+register_section("analytics", AnalyticsSection)
+
+
 def validate_analytics(scenario: Scenario, where: str = "scenario") -> None:
-    """The analytics mode's fields (raises :class:`SpecError` naming field, value and what is allowed)."""
-
-    def bad(name: str, allowed: str) -> SpecError:
-        return SpecError(f"{where}.{name}: got {getattr(scenario, name)!r}; allowed: {allowed}")
-
-    if scenario.rounds < 1:
-        raise bad("rounds", "an integer >= 1 (the number of collections τ)")
-    if scenario.analytics_users < 1:
-        raise bad("analytics_users", "an integer >= 1 (a population needs users)")
-    if not (0 < scenario.sample_rate <= 1):
-        raise bad("sample_rate", "a number in (0, 1] (per-collection participation probability)")
-    alpha = scenario.analytics_alpha
-    if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1):
-        raise bad("analytics_alpha", "null or a number in (0, 1) (eps_1 = alpha * eps_inf)")
-    if scenario.analytics_data not in POPULATIONS:
-        raise bad("analytics_data", ", ".join(sorted(POPULATIONS)))
+    """The analytics mode's cross-field checks (raises :class:`SpecError` naming field, value and what
+    is allowed); each field's type and bounds are declared in :class:`AnalyticsSection`."""
     if not scenario.mechanism:
         raise SpecError(f"{where}.mechanism: mode 'analytics' needs a frequency oracle; allowed: "
                         f"{', '.join(_frequency_oracles())}")
@@ -207,7 +226,7 @@ def validate_analytics(scenario: Scenario, where: str = "scenario") -> None:
         factory = registry.get("mechanism", scenario.mechanism)
     except ValueError as exc:
         raise SpecError(f"{where}.mechanism: {exc}") from None
-    if isinstance(factory, type) and not issubclass(factory, FrequencyOracle):
+    if _declared_oracle(factory) is False:
         raise SpecError(f"{where}.mechanism: got {scenario.mechanism!r}, which is not a frequency oracle; allowed: "
                         f"{', '.join(_frequency_oracles())}")
     try:
@@ -215,7 +234,8 @@ def validate_analytics(scenario: Scenario, where: str = "scenario") -> None:
     except (ValueError, TypeError) as exc:
         raise SpecError(f"{where}.mechanism_params: {exc}") from None
     try:
-        make_population(scenario.analytics_data, mech.k, scenario.analytics_data_params, torch.Generator())
+        make_population(scenario.analytics_data, mech.domain().categories, scenario.analytics_data_params,
+                        torch.Generator())
     except (ValueError, TypeError) as exc:
         raise SpecError(f"{where}.analytics_data_params: {exc}") from None
 
@@ -229,12 +249,12 @@ def run_analytics(scenario: Scenario, seed: int, *, on_round: Callable[[Any], An
     start = time.perf_counter()
     device = resolve_device(scenario.device)
     mech = build_oracle(scenario)
-    k, n = mech.k, scenario.analytics_users
+    k, n = int(mech.domain().categories), scenario.analytics_users
     population = make_population(scenario.analytics_data, k, scenario.analytics_data_params,
                                  make_generator(seed, "analytics-data", "structure"))
     values = population.initial(n, make_generator(seed, "analytics-data", 0))
     guarantee = mech.guarantee()
-    longitudinal = isinstance(mech, LongitudinalOracle)
+    longitudinal = mech.longitudinal
     eps_report = guarantee.epsilon_pure
     ledger = PrivacyLedger()
     reports_made = torch.zeros(n, dtype=torch.int64)

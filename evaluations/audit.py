@@ -171,7 +171,7 @@ def accounted_epsilon(mechanism: Mechanism, delta: float, *, releases: int = 1) 
 # Drawing releases in one batch
 # --------------------------------------------------------------------------------------------
 def _is_categorical(mechanism: Mechanism) -> bool:
-    return getattr(mechanism, "input_kind", None) == "categories"
+    return mechanism.role == "frequency-oracle"
 
 
 #: how far outside the input domain the default vector pair lies (× the clip bound)
@@ -181,35 +181,35 @@ FAR = 10.0
 def neighbouring_pair(mechanism: Mechanism, *, dim: int = 1) -> tuple[Any, Any, str]:
     """The default worst-case neighbouring inputs ``(x_in, x_out, relation)`` for a mechanism's sensitivity.
 
-    - central mechanisms (DP-FedAvg): add/remove one client — ``x_in`` = one client update of norm
-      ``clip_norm`` along e₁ (``[1, dim]``), ``x_out`` = no client (``[0, dim]``);
-    - frequency oracles: replace one user's value — categories 0 and 1;
+    Read from the mechanism's declarations: its ``role`` and its :meth:`~privfl.core.Mechanism.domain`.
+
+    - role ``"server-noise"`` (DP-FedAvg): add/remove one client — ``x_in`` = one client update along
+      e₁ (``[1, dim]``), ``x_out`` = no client (``[0, dim]``);
+    - role ``"frequency-oracle"``: replace one user's value — categories 0 and 1;
     - local vector mechanisms: replace one row along e₁.
 
-    Vector inputs lie **far outside the domain**: ``FAR`` × the bound (``clip_norm`` for the ℓ2 ball,
-    ``c`` for [−c, c] per coordinate). A mechanism that clips maps them onto the boundary, the worst
-    case of its analysis, so its audit is unchanged; one that forgets to clip releases them as they
-    are and its empirical ε lower bound then exceeds the accounted ε.
+    Vector inputs lie **far outside the domain**: ``FAR`` × the domain's bound (the radius of the ℓ2
+    clip ball, the half-width ``c`` of a per-coordinate box). A mechanism that clips maps them onto the
+    boundary, the worst case of its analysis, so its audit is unchanged; one that forgets to clip
+    releases them as they are and its empirical ε lower bound then exceeds the accounted ε.
     """
     mechanism = _check_mechanism(mechanism)
     dim = _check_int(dim, "dim", 1)
     if _is_categorical(mechanism):
         return 0, 1, "replace-one (categories 0 vs 1)"
-    bound = getattr(mechanism, "clip_norm", None)
-    if bound is None:
-        bound = getattr(mechanism, "c", None)
-    if not isinstance(bound, (int, float)) or not math.isfinite(bound) or bound <= 0:
-        raise ValueError(f"{mechanism.name}: no input bound (clip_norm or c) to build the worst-case pair; "
-                         "pass pair=(x_in, x_out) explicitly")
+    domain = mechanism.domain()
+    if domain.bound is None:
+        raise ValueError(f"{mechanism.name}: its input domain is {domain.kind} (no bound to build the worst-case "
+                         "pair from); pass pair=(x_in, x_out) explicitly")
     e1 = torch.zeros(dim, dtype=torch.float64)
-    e1[0] = FAR * float(bound)
-    if getattr(mechanism, "central", False):
+    e1[0] = FAR * domain.bound
+    if mechanism.central:
         unit = mechanism.guarantee().unit
         if unit != "client":
             raise ValueError(f"{mechanism.name}: its guarantee is {unit}-level, so adding or removing a whole client "
                              "is not its neighbouring relation; pass pair=(x_in, x_out) explicitly")
         return (e1[None, :], torch.zeros(0, dim, dtype=torch.float64),
-                f"add/remove one client ({FAR:g}·clip_norm·e1 vs nobody)")
+                f"add/remove one client ({FAR:g}·bound·e1 vs nobody)")
     return e1, -e1, f"replace-one (+{FAR:g}·bound·e1 vs −{FAR:g}·bound·e1)"
 
 
@@ -238,13 +238,13 @@ def _releases(mechanism: Mechanism, x: Any, n: int, generator: torch.Generator, 
     """``n`` independent releases of the mechanism on input ``x`` (batched), as raw reports."""
     if _is_categorical(mechanism):
         mech = copy.deepcopy(mechanism)  # stateful oracles: fresh users, and the caller's state is kept
-        if hasattr(mech, "reset"):
+        if mech.stateful:
             mech.reset()
         values = torch.full((n,), int(x), dtype=torch.int64, device=device)
         ids = torch.arange(n, dtype=torch.int64, device=device)
         return mech.privatize(values, generator=generator, client_ids=ids)
     x = torch.as_tensor(x, dtype=dtype, device=device)
-    if getattr(mechanism, "central", False):
+    if mechanism.central:
         if x.dim() != 2:
             raise ValueError(f"pair: a central mechanism's inputs are client sets [m, d], got shape {tuple(x.shape)}")
         return _central_releases(mechanism, x.expand(n, *x.shape), 1.0, generator)
@@ -259,9 +259,7 @@ def _lr_score(mechanism: Mechanism, x_in: Any, x_out: Any, device: torch.device,
     pmf over whole-report outcomes without public randomness (GRR, RQM on one coordinate); ``None``
     otherwise (per-bit pmfs of unary encodings, per-report hash seeds, vector inputs). Applicability
     is checked on two probe releases drawn with a private generator (the caller's is not touched)."""
-    if not (hasattr(mechanism, "output_pmf") and hasattr(mechanism, "report_outcomes")):
-        return None
-    if getattr(mechanism, "public_key", None) is not None or getattr(mechanism, "central", False):
+    if not mechanism.exact_pmf or mechanism.public_key is not None or mechanism.central:
         return None
     try:
         if _is_categorical(mechanism):
@@ -296,20 +294,20 @@ def _projection_score(mechanism: Mechanism, x_in: Any, x_out: Any, device: torch
     """Projection of the decoded release on the unit direction separating the two inputs' means
     (the likelihood-ratio test for Gaussian noise)."""
     if _is_categorical(mechanism):
-        k = mechanism.k
+        k = int(mechanism.domain().categories)
         direction = torch.zeros(k, dtype=torch.float64, device=device)
         direction[int(x_in)], direction[int(x_out)] = 1.0, -1.0
     else:
         a = torch.as_tensor(x_in, dtype=torch.float64, device=device)
         b = torch.as_tensor(x_out, dtype=torch.float64, device=device)
-        if getattr(mechanism, "central", False):
+        if mechanism.central:
             a, b = a.sum(dim=0), b.sum(dim=0) if b.shape[0] else torch.zeros_like(a.sum(dim=0))
         direction = a - b
     norm = torch.linalg.vector_norm(direction)
     if not norm > 0:
         raise ValueError("pair: the two inputs are identical; a neighbouring pair must differ")
     direction = direction / norm
-    central = getattr(mechanism, "central", False)
+    central = mechanism.central
 
     def score(reports: Tensor) -> Tensor:
         out = reports if central else mechanism.decode(reports)
@@ -398,12 +396,13 @@ def black_box_audit(
 # White-box FL canary audit (Nasr et al. 2023)
 # --------------------------------------------------------------------------------------------
 def _check_central(mechanism: Mechanism, audit: str) -> None:
-    if not getattr(mechanism, "central", False):
-        raise ValueError(f"{audit} audits a central mechanism (DP-FedAvg style aggregate); "
-                         f"{mechanism.name} is local (central=False)")
-    clip = getattr(mechanism, "clip_norm", None)
-    if not isinstance(clip, (int, float)) or not clip > 0:
-        raise ValueError(f"{audit}: {mechanism.name} has no clip_norm > 0 to size the canary")
+    if not mechanism.central:
+        raise ValueError(f"{audit} audits a central mechanism (role 'server-noise': a DP-FedAvg style aggregate); "
+                         f"{mechanism.name} is local (role {mechanism.role!r})")
+    domain = mechanism.domain()
+    if domain.kind != "l2-ball":
+        raise ValueError(f"{audit}: {mechanism.name}'s input domain is {domain.kind}, not an ℓ2 clip ball to size "
+                         "the canary")
     unit = mechanism.guarantee().unit
     if unit != "client":
         raise ValueError(f"{audit}: {mechanism.name}'s guarantee is {unit}-level; a canary client audits "
@@ -453,7 +452,7 @@ def canary_audit(
     confidence = _check_confidence(confidence)
     device = _device(device)
     generator = _generator(seed, device)
-    clip = float(mechanism.clip_norm)
+    clip = float(mechanism.domain().bound)  # the clip norm
     canary = torch.randn(dim, generator=generator, device=device, dtype=dtype)
     canary = canary / torch.linalg.vector_norm(canary)
     expected_rows = float(num_clients + 1)
@@ -542,7 +541,7 @@ def one_run_audit(
         raise ValueError(f"guesses must be an int or a non-empty tuple of ints in [1, canaries={m}], got {guesses!r}")
     device = _device(device)
     generator = _generator(seed, device)
-    clip = float(mechanism.clip_norm)
+    clip = float(mechanism.domain().bound)  # the clip norm
 
     start = time.perf_counter()
     included = torch.rand(m, generator=generator, device=device) < 0.5
@@ -654,7 +653,7 @@ def audit_spec_empirical(
         common = {"delta": d, "confidence": confidence, "seed": seed}
         audits: list[tuple[str, Callable[..., AuditResult], dict[str, Any]]] = [
             ("black-box", black_box_audit, {"trials": trials})]
-        if getattr(mech, "central", False):
+        if mech.central:
             audits += [("canary (white-box)", canary_audit, {"trials": max(8, trials // 10)}),
                        ("one-run", one_run_audit, {})]
         results = []

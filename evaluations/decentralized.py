@@ -23,14 +23,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field
 
 from privfl import registry
 from privfl.evaluations.scenario import (
     Scenario,
+    Section,
     SpecError,
     accuracy_summary,
+    number,
     register_mode,
+    register_section,
     resolve_device,
     round_series,
     seeded_setup,
@@ -46,22 +51,28 @@ GRAPHS = ("complete", "sampled")
 ATTACK_TARGETS = ("models", "updates")
 
 
+class DecentralizedSection(Section):
+    """MoNNA's fields: each round K = ``local_steps`` steps with Polyak momentum ``node_momentum`` (β),
+    exchange over ``graph`` ("complete", or "sampled": n − f models received, as in MoNNA's experiments),
+    mix with ``mixing``; Byzantine nodes attack the honest ``models`` or ``updates``."""
+
+    graph: Literal[GRAPHS] = "complete"
+    node_momentum: number(ge=0, lt=1, description="Polyak momentum β; MoNNA uses 0.99") = 0.99
+    mixing: str = Field("nna", description="registry name of a mixing rule")
+    mixing_params: dict[str, Any] = Field(default_factory=dict)
+    decentralized_attack_on: Literal[ATTACK_TARGETS] = "models"
+
+
+register_section("decentralized", DecentralizedSection)
+
+
 def validate_decentralized(scenario: Scenario, where: str = "scenario") -> None:
     """Check the fields the decentralized mode uses (raises :class:`SpecError`)."""
-
-    def bad(name: str, allowed: str) -> SpecError:
-        return SpecError(f"{where}.{name}: got {getattr(scenario, name)!r}; allowed: {allowed}")
-
     s = scenario
     s.validate_learning(where, min_clients=2)
-    if not (0 <= s.node_momentum < 1):
-        raise bad("node_momentum", "a number in [0, 1) (Polyak momentum β; MoNNA uses 0.99)")
-    if s.graph not in GRAPHS:
-        raise bad("graph", "'complete' or 'sampled'")
-    if s.decentralized_attack_on not in ATTACK_TARGETS:
-        raise bad("decentralized_attack_on", "'models' or 'updates'")
     if s.graph == "sampled" and s.num_clients < 2 * s.byzantine + 1:
-        raise bad("graph", f"'complete' (graph='sampled' needs num_clients >= 2·byzantine + 1 = {2 * s.byzantine + 1})")
+        raise s.error(where, "graph",
+                      f"'complete' (graph='sampled' needs num_clients >= 2·byzantine + 1 = {2 * s.byzantine + 1})")
     if s.mechanism:
         raise SpecError(f"{where}.mechanism: got {s.mechanism!r}; allowed in mode 'decentralized': null")
     if s.preaggregators:

@@ -50,15 +50,24 @@ import hashlib
 import math
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from privfl import registry
 from privfl.core import Observation
 from privfl.evaluations.report import register_plot
-from privfl.evaluations.scenario import Extension, Scenario, SpecError, register_extension
+from privfl.evaluations.scenario import (
+    Extension,
+    Scenario,
+    Section,
+    SpecError,
+    register_extension,
+    register_section,
+    size,
+)
 from privfl.evaluations.scoring import lpips_status, mean_std, score
 from privfl.seeding import make_generator
 
@@ -78,10 +87,26 @@ def _attack_params(scenario: Scenario) -> dict[str, Any]:
     return params
 
 
-def _validate(scenario: Scenario, where: str) -> None:
-    def bad(name: str, allowed: str) -> SpecError:
-        return SpecError(f"{where}.{name}: got {getattr(scenario, name)!r}; allowed: {allowed}")
+class InversionSection(Section):
+    """A curious server attacks ``inversion_victims`` clients' updates in each of ``inversion_rounds``
+    with the privacy_attack ``inversion_attack`` (null: no attack), knowing the facts in
+    ``inversion_grant``; the defense is the scenario's ``mechanism``."""
 
+    inversion_attack: str | None = Field(None, description="registry name of a privacy_attack (null: none)")
+    inversion_attack_params: dict[str, Any] = Field(default_factory=dict)
+    inversion_label_strategy: str | None = Field(None, description="registry name of a label_strategy")
+    inversion_rounds: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=lambda: [0], min_length=1, description="0-based round indices, each < rounds")
+    inversion_victims: size("inversion_victims") = 8
+    inversion_grant: list[Literal[GRANTABLE]] = Field(default_factory=lambda: ["labels", "lr", "local_steps",
+                                                                               "batch_size"])
+    inversion_grid_images: size("inversion_grid_images", low=0) = 8
+
+
+register_section("inversion", InversionSection)
+
+
+def _validate(scenario: Scenario, where: str) -> None:
     if scenario.inversion_attack is None:
         return
     try:
@@ -90,27 +115,20 @@ def _validate(scenario: Scenario, where: str) -> None:
         raise SpecError(f"{where}.inversion_attack: {exc}") from None
     if scenario.inversion_label_strategy is not None:
         if "label_strategy" not in registry.parameters("privacy_attack", scenario.inversion_attack):
-            raise bad("inversion_label_strategy",
-                      f"null (attack {scenario.inversion_attack!r} takes no label strategy)")
+            raise scenario.error(where, "inversion_label_strategy",
+                                 f"null (attack {scenario.inversion_attack!r} takes no label strategy)")
         if scenario.inversion_label_strategy not in registry.available("label_strategy"):
-            raise bad("inversion_label_strategy", ", ".join(registry.available("label_strategy")) + " or null")
+            raise scenario.error(where, "inversion_label_strategy",
+                                 ", ".join(registry.available("label_strategy")) + " or null")
     if "label_strategy" in scenario.inversion_attack_params:
         raise SpecError(f"{where}.inversion_attack_params: name the label strategy in inversion_label_strategy")
     try:
         registry.make("privacy_attack", scenario.inversion_attack, **_attack_params(scenario))
     except (ValueError, TypeError) as exc:
         raise SpecError(f"{where}.inversion_attack_params: {exc}") from None
-    if scenario.inversion_victims < 1:
-        raise bad("inversion_victims", "an integer >= 1")
-    if scenario.inversion_grid_images < 0:
-        raise bad("inversion_grid_images", "an integer >= 0")
-    rounds = scenario.inversion_rounds
-    if not rounds or not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < scenario.rounds
-                             for t in rounds):
-        raise bad("inversion_rounds", f"a non-empty list of round indices in [0, rounds={scenario.rounds})")
-    unknown = [g for g in scenario.inversion_grant if g not in GRANTABLE]
-    if unknown:
-        raise bad("inversion_grant", f"a list drawn from {', '.join(GRANTABLE)}")
+    if not all(t < scenario.rounds for t in scenario.inversion_rounds):
+        raise scenario.error(where, "inversion_rounds",
+                             f"a non-empty list of round indices in [0, rounds={scenario.rounds})")
 
 
 def _configure(scenario: Scenario, seed: int, kwargs: dict[str, Any]) -> None:

@@ -44,10 +44,11 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel, Field
 from scipy.stats import rankdata
 
 from privfl import registry
@@ -63,13 +64,17 @@ from privfl.attacks.membership import (
 from privfl.evaluations.report import by_config, register_plot
 from privfl.evaluations.scenario import (
     EXTENSIONS,
+    Component,
     Extension,
     Scenario,
+    Section,
     SpecError,
     _load_dataset,
     build_simulation,
+    number,
     register_extension,
     register_mode,
+    register_section,
 )
 from privfl.fl.local import LocalSGD
 from privfl.fl.partition import partition
@@ -85,7 +90,6 @@ DEFAULT_ATTACKS = {
     "update": ["update-loss", "update-cosine", "loss"],
     "rounds": ["trajectory", "loss"],
 }
-PARAMS = ("threat", "attacks", "references", "reference_steps", "augment", "population", "records")
 REPORT_FPRS = (0.001, 0.01)
 #: FPR grid (log-spaced) on which each cell stores its ROC, so that seeds can be averaged
 FPR_GRID = tuple(float(v) for v in np.logspace(-4, 0, 41))
@@ -159,17 +163,36 @@ def _fpr_key(alpha: float) -> str:
 # --------------------------------------------------------------------------------------------
 # Validation and the target's data
 # --------------------------------------------------------------------------------------------
+class MembershipParams(BaseModel):
+    """The threat, the attacks and the reference models (see the module docstring)."""
+
+    model_config = Section.model_config
+    threat: Literal[THREATS] = "model"
+    attacks: list[str | Component] | None = Field(
+        None, min_length=1, description="membership_attack names or {name, params} (null: the threat's defaults)")
+    references: Annotated[int, Field(ge=2, description="reference models (each candidate needs IN and OUT ones)")] = 16
+    reference_steps: Annotated[int, Field(ge=1)] | None = Field(None, description="null: rounds × local_steps")
+    augment: Literal[AUGMENTATIONS] = "none"
+    population: number(gt=0, lt=1, description="fraction of the pool held out") = 0.2
+    records: Annotated[int, Field(ge=20)] | None = Field(None, description="null: the whole pool")
+
+
+class MembershipSection(Section):
+    """Membership inference: ``membership_params`` (as a spec writes it: only the keys it sets)."""
+
+    membership_params: MembershipParams = Field(default_factory=MembershipParams)
+
+
+register_section("membership", MembershipSection)
+PARAMS = tuple(MembershipParams.model_fields)
+
+
 def _params(scenario: Scenario) -> dict[str, Any]:
-    p = dict(scenario.membership_params)
-    return {
-        "threat": p.get("threat", "model"),
-        "attacks": p.get("attacks", DEFAULT_ATTACKS.get(p.get("threat", "model"), [])),
-        "references": p.get("references", 16),
-        "reference_steps": p.get("reference_steps"),
-        "augment": p.get("augment", "none"),
-        "population": p.get("population", 0.2),
-        "records": p.get("records"),
-    }
+    m = scenario.section("membership").membership_params
+    q = {k: getattr(m, k) for k in PARAMS}
+    q["attacks"] = [a.model_dump() if isinstance(a, BaseModel) else a
+                    for a in (m.attacks or DEFAULT_ATTACKS.get(m.threat, []))]
+    return q
 
 
 def _attack_specs(attacks: Any, where: str) -> list[tuple[str, dict[str, Any]]]:
@@ -188,33 +211,10 @@ def _attack_specs(attacks: Any, where: str) -> list[tuple[str, dict[str, Any]]]:
 
 
 def validate_membership(scenario: Scenario, where: str = "scenario") -> None:
-    """The federated fields, then ``membership_params`` (raises :class:`SpecError`)."""
+    """The federated fields, then ``membership_params``' attacks (raises :class:`SpecError`); the
+    types and bounds of ``membership_params`` are declared in :class:`MembershipParams`."""
     scenario.validate_federated(where)
-    p = scenario.membership_params
-    unknown = sorted(set(p) - set(PARAMS))
-    if unknown:
-        raise SpecError(f"{where}.membership_params: unknown key(s) {', '.join(map(repr, unknown))}; "
-                        f"allowed: {', '.join(PARAMS)}")
     q = _params(scenario)
-
-    def bad(key: str, allowed: str) -> SpecError:
-        return SpecError(f"{where}.membership_params.{key}: got {q[key]!r}; allowed: {allowed}")
-
-    if q["threat"] not in THREATS:
-        raise bad("threat", ", ".join(map(repr, THREATS)))
-    if isinstance(q["references"], bool) or not isinstance(q["references"], int) or q["references"] < 2:
-        raise bad("references", "an integer >= 2 (every candidate needs IN and OUT reference models)")
-    rs = q["reference_steps"]
-    if rs is not None and (isinstance(rs, bool) or not isinstance(rs, int) or rs < 1):
-        raise bad("reference_steps", "an integer >= 1, or null (rounds × local_steps)")
-    if q["augment"] not in AUGMENTATIONS:
-        raise bad("augment", ", ".join(map(repr, AUGMENTATIONS)))
-    pop = q["population"]
-    if isinstance(pop, bool) or not isinstance(pop, (int, float)) or not 0 < pop < 1:
-        raise bad("population", "a fraction in (0, 1)")
-    rec = q["records"]
-    if rec is not None and (isinstance(rec, bool) or not isinstance(rec, int) or rec < 20):
-        raise bad("records", "an integer >= 20, or null (the whole pool)")
     for name, params in _attack_specs(q["attacks"], where):
         try:
             registry.make("membership_attack", name, **params)

@@ -20,17 +20,26 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from privfl import registry
 from privfl.accounting.distributed import unit_label
 from privfl.accounting.guarantees import gaussian_guarantee
 from privfl.accounting.ledger import PrivacyLedger, threat_model_warning
 from privfl.evaluations.report import register_plot
-from privfl.evaluations.scenario import Extension, Scenario, SpecError, register_extension
+from privfl.evaluations.scenario import (
+    Extension,
+    Scenario,
+    Section,
+    SpecError,
+    number,
+    register_extension,
+    register_section,
+)
 
 __all__ = ["ACCOUNTING", "audit_scenario", "AuditRow", "epsilon_summary"]
 
@@ -40,28 +49,31 @@ ACCOUNTING = ("rdp", "pld", "both")
 # --------------------------------------------------------------------------------------------
 # Extension: validate, configure, finish
 # --------------------------------------------------------------------------------------------
-def _validate(scenario: Scenario, where: str) -> None:
-    def bad(name: str, allowed: str) -> SpecError:
-        return SpecError(f"{where}.{name}: got {getattr(scenario, name)!r}; allowed: {allowed}")
+class PrivacySection(Section):
+    """Privacy accounting: ε at ``delta`` by ``accounting``; ``dp_clip``/``dp_noise``: example-level
+    DP-SGD inside every client (per-sample clip R, noise multiplier σ); ``secure_aggregation``: the server
+    sees only the sum of each round's reports (pbm, rqm, ddg, skellam; uniform sampling)."""
 
-    if not (isinstance(scenario.delta, (int, float)) and 0 < scenario.delta < 1):
-        raise bad("delta", "a number in (0, 1)")
-    if scenario.accounting not in ACCOUNTING:
-        raise bad("accounting", ", ".join(map(repr, ACCOUNTING)))
-    if scenario.dp_clip is not None and not (isinstance(scenario.dp_clip, (int, float)) and 0 < scenario.dp_clip
-                                             < math.inf):
-        raise bad("dp_clip", "a finite number > 0, or null (no example-level DP-SGD)")
-    if not (isinstance(scenario.dp_noise, (int, float)) and 0 <= scenario.dp_noise < math.inf):
-        raise bad("dp_noise", "a finite number >= 0")
+    delta: number(gt=0, lt=1) = 1e-5
+    accounting: Literal[ACCOUNTING] = "rdp"
+    dp_clip: number(gt=0, allow_inf_nan=False) | None = Field(
+        None, description="per-sample clipping norm of DP-SGD (null: no example-level DP-SGD)")
+    dp_noise: number(ge=0, allow_inf_nan=False) = 0.0
+    secure_aggregation: bool = False
+
+
+register_section("privacy", PrivacySection)
+
+
+def _validate(scenario: Scenario, where: str) -> None:
     if scenario.dp_noise > 0 and scenario.dp_clip is None:
-        raise bad("dp_clip", "a number > 0 when dp_noise > 0 (the per-sample clipping norm)")
+        raise scenario.error(where, "dp_clip", "a number > 0 when dp_noise > 0 (the per-sample clipping norm)")
     if scenario.dp_clip is not None and scenario.batch_size is None:
-        raise bad("batch_size", "an integer >= 1 with dp_clip (the expected Poisson batch size)")
-    if not isinstance(scenario.secure_aggregation, bool):
-        raise bad("secure_aggregation", "true or false")
+        raise scenario.error(where, "batch_size", "an integer >= 1 with dp_clip (the expected Poisson batch size)")
     if not scenario.mechanism:
         if scenario.secure_aggregation:
-            raise bad("secure_aggregation", "false without a mechanism (nothing to aggregate securely)")
+            raise scenario.error(where, "secure_aggregation",
+                                 "false without a mechanism (nothing to aggregate securely)")
         return
     try:
         mech = registry.make("mechanism", scenario.mechanism, **scenario.mechanism_params)
@@ -69,11 +81,11 @@ def _validate(scenario: Scenario, where: str) -> None:
         raise SpecError(f"{where}.mechanism_params: {exc}") from None
     if scenario.secure_aggregation:
         _validate_secure_aggregation(scenario, mech, where)
-    needed = getattr(mech, "protocol", None)
+    needed = mech.protocol
     if needed is not None and needed != scenario.protocol:
         raise SpecError(f"{where}.protocol: got {scenario.protocol!r}; mechanism {scenario.mechanism!r} "
                         f"needs {needed!r}")
-    if getattr(mech, "central", False) and (
+    if mech.central and (
         scenario.preaggregators or not getattr(registry.get("aggregator", scenario.aggregator), "plain_mean", False)
     ):
         raise SpecError(
@@ -84,7 +96,7 @@ def _validate(scenario: Scenario, where: str) -> None:
 
 
 def _validate_secure_aggregation(scenario: Scenario, mech: Any, where: str) -> None:
-    if not hasattr(mech, "sum_guarantee") or getattr(mech, "central", False):
+    if not mech.secure_sum:
         raise SpecError(f"{where}.secure_aggregation: got true with mechanism {scenario.mechanism!r}; allowed: true "
                         "only with a mechanism accounted inside the sum (pbm, rqm, ddg, skellam)")
     if scenario.aggregator != "mean" or scenario.preaggregators:
@@ -142,11 +154,11 @@ def _finish(scenario: Scenario, seed: int, sim: Any, summary: dict[str, Any], se
     summary["epsilon"] = figures.get(f"epsilon_{primary}")
     summary.update(figures)
     summary["delta"] = float(scenario.delta)
-    note = getattr(sim.mechanism, "epsilon_unit", None)
+    note = sim.mechanism.epsilon_unit if sim.mechanism is not None else None
     if note and summary.get("epsilon") is not None:
         summary["epsilon_unit"] = note  # e.g. DP-BREM: record-level, per participating client (shown beside ε)
-    if getattr(sim.mechanism, "nonfinite", None) == "zero":
-        summary["nonfinite_rows_replaced"] = int(getattr(sim.mechanism, "nonfinite_replaced", 0))
+    if sim.mechanism is not None and sim.mechanism.nonfinite == "zero":
+        summary["nonfinite_rows_replaced"] = int(sim.mechanism.nonfinite_replaced)
     voided = summary.get("privacy_warning") is not None
     series["epsilon"] = [None if voided else math.inf if r.epsilon is None else r.epsilon for r in sim.history]
     sizes = getattr(sim, "secure_aggregation_sizes", None)
@@ -201,13 +213,13 @@ def audit_scenario(scenario: Scenario, *, delta: float | None = None, pld_rounds
     if secagg and n_sum < 1:
         raise ValueError(f"secure aggregation with {participants(scenario)} participants and {scenario.byzantine} "
                          "Byzantine clients leaves no honest participant")
-    needs_data = (mech is not None and (mech.guarantee().unit == "coordinate" or hasattr(mech, "bind_dim"))) \
+    needs_data = (mech is not None and (mech.guarantee().unit == "coordinate" or mech.binds_dim)) \
         or scenario.dp_noise > 0
     dim, dp_rate = 0, None
     if needs_data:
         data = _load_dataset(scenario.dataset, scenario.dataset_params)
         dim = _model_dim(scenario, data)
-        if hasattr(mech, "bind_dim"):
+        if mech is not None and mech.binds_dim:
             mech.bind_dim(dim)
         if scenario.dp_noise > 0:
             clients = partition(scenario.partition, data.y_train, scenario.num_clients,
@@ -234,7 +246,7 @@ def audit_scenario(scenario: Scenario, *, delta: float | None = None, pld_rounds
             ledger.record(g_sum, clients=worst, count=dim if g_sum.unit == "coordinate" else 1, unit="client",
                           round=t)
         elif mech is not None:
-            if hasattr(mech, "participation_guarantee"):
+            if mech.per_participation:
                 ledger.record(mech.participation_guarantee(t + 1), clients=worst, round=t)
             else:
                 mech.account(ledger, clients=worst, sampling_rate=rate, dim=dim, round=t)
@@ -252,8 +264,8 @@ def audit_scenario(scenario: Scenario, *, delta: float | None = None, pld_rounds
         rows.append(AuditRow(t + 1, eps_rdp, eps_pld))
     if mech is not None:
         g = mech.sum_guarantee(n_sum) if secagg else mech.guarantee()
-        central = getattr(mech, "central", False) and not hasattr(mech, "participation_guarantee")
-        what = f"{scenario.mechanism} ({g.name}, unit {getattr(mech, 'epsilon_unit', None) or g.unit}"
+        central = mech.central and not mech.per_participation
+        what = f"{scenario.mechanism} ({g.name}, unit {mech.epsilon_unit or g.unit}"
         what += f", composed over d={dim} coordinates" if g.unit == "coordinate" else ""
         what += f", central, Poisson client sampling q={rate:g})" if central else ", worst client joins every round)"
         if secagg:

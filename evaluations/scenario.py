@@ -6,21 +6,31 @@ row of a YAML spec, a cell of an evaluation grid and a key in the results store.
     from privfl.evaluations import Scenario, run
     result = run(Scenario(model="convnet", rounds=10), seed=0)
     result["summary"]["final_accuracy"]
+
+A scenario is made of typed **sections** (pydantic models), each owned by the module of its mode or
+extension: ``run``, ``data``, ``training``, ``defense`` and ``adversary`` here; ``privacy``,
+``inversion``, ``analytics``, ``decentralized`` and ``membership`` in their modules (see
+:func:`register_section`). Field types and bounds are declared once, in the sections; a spec may name
+fields flat (``delta: 1.0e-5``) or by section (``privacy: {delta: 1.0e-5}``), and ``scenario.delta``
+reads either. Cross-field checks (a mode's needs, registry names, rule sizes) are the modes' and
+extensions' validators. Every error is a :class:`SpecError` shaped ``<where>.<field>: got <value>;
+allowed: <...>``; :func:`scenario_schema` is the JSON Schema of a scenario.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import copy
+import functools
 import hashlib
 import importlib
 import json
-import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator
 from torch import Tensor, nn
 
 from privfl import registry
@@ -33,6 +43,13 @@ from privfl.seeding import derive_seed, make_generator
 __all__ = [
     "Scenario",
     "SpecError",
+    "Section",
+    "Component",
+    "number",
+    "size",
+    "register_section",
+    "scenario_schema",
+    "spec_error",
     "run",
     "run_federated",
     "resolve_device",
@@ -47,8 +64,13 @@ __all__ = [
 ]
 
 
-# Upper bounds on the size-like fields (checked by ``Scenario.validate`` before anything runs), and on
-# the work of one cell: rounds × participating clients × local steps, in client SGD steps.
+def spec_error(where: str, name: str, value: Any, allowed: str) -> SpecError:
+    """The one shape of a field error: ``<where>.<name>: got <value>; allowed: <allowed>``."""
+    return SpecError(f"{where}.{name}: got {value!r}; allowed: {allowed}")
+
+
+# Upper bounds on the size-like fields (declared as the fields' ``le`` bounds below), and on the work of
+# one cell: rounds × participating clients × local steps, in client SGD steps.
 LIMITS: dict[str, int] = {
     "rounds": 100_000,
     "num_clients": 100_000,
@@ -64,144 +86,377 @@ LIMITS: dict[str, int] = {
 MAX_CLIENT_STEPS = 10**9  # about a day of CPU time for the smallest model; larger cells are refused
 
 
-@dataclass
+# --------------------------------------------------------------------------------------------
+# Sections: typed, bounded fields, one model per concern
+# --------------------------------------------------------------------------------------------
+def _keep_int(value: Any, handler: Callable[[Any], Any]) -> Any:
+    checked = handler(value)
+    return value if type(value) is int else checked
+
+
+def number(**bounds: Any) -> Any:
+    """A real-number field with ``bounds`` (``gt``, ``ge``, ``lt``, ``le``, ``allow_inf_nan``, ...):
+    ints and floats, no bools, no strings; an int stays an int, so a scenario written ``lr: 1`` keeps
+    the cell id it always had."""
+    return Annotated[float, Field(**bounds), WrapValidator(_keep_int)]
+
+
+Params = dict[str, Any]  # keyword parameters of a registry component, checked by the component
+
+
+def size(name: str, low: int = 1) -> Any:
+    """An integer field in ``[low, LIMITS[name]]`` (the bound privfl documents for it)."""
+    return Annotated[int, Field(ge=low, le=LIMITS[name])]
+
+
+class Section(BaseModel):
+    """One concern of a :class:`Scenario`: strict types (no ``True`` for 1, no ``"3"`` for 3), declared
+    bounds, no unknown keys. Fields keep their flat names: ``scenario.delta`` reads the privacy section."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", validate_assignment=True)
+
+    def flat(self) -> dict[str, Any]:
+        """The fields as :meth:`Scenario.to_dict` (and so :func:`cell_id`) sees them."""
+        return {name: _plain(getattr(self, name)) for name in type(self).model_fields}
+
+
+def _plain(value: Any) -> Any:
+    """Plain data: a nested model becomes the mapping of the keys that were given (as a spec wrote it)."""
+    if isinstance(value, BaseModel):
+        return {k: _plain(getattr(value, k)) for k in type(value).model_fields if k in value.model_fields_set}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return copy.deepcopy(value)
+
+
+class Component(BaseModel):
+    """A registry component with keyword parameters: ``{name: trimmed-mean, params: {f: 2}}``."""
+
+    model_config = Section.model_config
+    name: str
+    params: Params = Field(default_factory=dict)
+
+
+class RunSection(Section):
+    label: str = Field("", description="display label of the cell (default: built from the grid axes)")
+    mode: str = Field("federated", description="the runner: federated, decentralized, analytics, membership")
+    device: str = Field("cpu", description="'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'")
+    parallel: Literal["auto", "vmap", "loop"] = "auto"
+    client_chunk: size("client_chunk") | None = None
+    eval_every: size("eval_every") = 1
+
+
+class DataSection(Section):
+    dataset: str = Field("digits", description="registry name of a dataset")
+    dataset_params: Params = Field(default_factory=dict)
+    partition: str = Field("dirichlet", description="registry name of a partition")
+    partition_params: Params = Field(default_factory=lambda: {"alpha": 0.5})
+    num_clients: size("num_clients") = 20
+
+
+class TrainingSection(Section):
+    model: str = Field("mlp", description="registry name of a model")
+    model_params: Params = Field(default_factory=dict)
+    protocol: Literal["fedavg", "fedsgd"] = "fedavg"
+    rounds: size("rounds") = 30
+    local_steps: size("local_steps") = 10
+    batch_size: size("batch_size") | None = Field(16, description="null: each client's full local batch")
+    lr: number(gt=0, allow_inf_nan=False) = 0.05
+    momentum: number(ge=0, lt=1) = 0.9
+    weight_decay: number(ge=0, allow_inf_nan=False) = 0.0
+    server_lr: number(gt=0, allow_inf_nan=False) = 1.0
+    worker_momentum: number(ge=0, lt=1) = 0.0
+    sample_rate: number(gt=0, le=1) = 1.0
+    sampling: Literal["uniform", "poisson"] = "uniform"
+
+
+class DefenseSection(Section):
+    mechanism: str | None = Field(None, description="registry name of a mechanism (null: none)")
+    mechanism_params: Params = Field(default_factory=dict)
+    aggregator: str = Field("mean", description="registry name of an aggregator")
+    aggregator_params: Params = Field(default_factory=dict)
+    preaggregators: list[str | Component] = Field(default_factory=list,
+                                               description="names or {name: ..., params: {...}}, applied in order")
+
+
+class AdversarySection(Section):
+    byzantine: size("byzantine", low=0) = Field(0, description="number of Byzantine clients (< num_clients)")
+    byzantine_attack: str | None = Field(None, description="registry name of a byzantine_attack")
+    byzantine_attack_params: Params = Field(default_factory=dict)
+
+
+SECTIONS: dict[str, type[Section]] = {}
+FIELD_OWNER: dict[str, str] = {}  # flat field name -> section name
+
+
+def register_section(name: str, model: type[Section]) -> type[Section]:
+    """Add a section to every :class:`Scenario` (modes and extensions call this when imported).
+
+    Its fields become scenario fields under their own names; a name another section already owns, or a
+    section name that is also a field name, is a ``ValueError`` (as a second, different section of the
+    same name is)."""
+    if not (isinstance(model, type) and issubclass(model, Section)):
+        raise TypeError(f"section {name!r}: expected a Section subclass, got {model!r}")
+    fields = list(model.model_fields)
+    for field_name in fields:
+        other = FIELD_OWNER.get(field_name)
+        if other is not None and other != name:
+            raise ValueError(f"section {name!r}: field {field_name!r} already belongs to section {other!r}")
+    clash = sorted((set(SECTIONS) | {name}) & (set(FIELD_OWNER) | set(fields)))
+    if clash:
+        raise ValueError(f"section {name!r}: {', '.join(map(repr, clash))} would be both a section and a field")
+    registry.add_unique(SECTIONS, name, model, "scenario section")
+    for field_name in [f for f, owner in FIELD_OWNER.items() if owner == name]:
+        del FIELD_OWNER[field_name]  # a re-imported module replaces its section
+    FIELD_OWNER.update({f: name for f in model.model_fields})
+    return model
+
+
+for _name, _model in (("run", RunSection), ("data", DataSection), ("training", TrainingSection),
+                      ("defense", DefenseSection), ("adversary", AdversarySection)):
+    register_section(_name, _model)
+
+
+def _flatten(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """Flat fields from a mapping that names fields flat or by section (``privacy: {delta: ...}``)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in SECTIONS and key not in FIELD_OWNER:
+            if not isinstance(value, dict):
+                raise spec_error(where, key, value, f"a mapping of the {key!r} section's fields")
+            items = value.items()
+            foreign = [k for k in value if FIELD_OWNER.get(k) != key]
+            if foreign:
+                raise spec_error(where, f"{key}.{foreign[0]}", value[foreign[0]],
+                                 f"fields of section {key!r}: {', '.join(SECTIONS[key].model_fields)}")
+        else:
+            items = [(key, value)]
+        for k, v in items:
+            if k in flat:
+                raise SpecError(f"{where}.{k}: given twice (flat and in its section)")
+            flat[k] = v
+    unknown = sorted(set(flat) - set(FIELD_OWNER), key=str)
+    if unknown:
+        raise SpecError(f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; "
+                        f"valid fields: {', '.join(FIELD_OWNER)}")
+    return flat
+
+
+def _build_sections(data: dict[str, Any], where: str) -> dict[str, Section]:
+    load_extensions()
+    flat = _flatten(data, where)
+    out: dict[str, Section] = {}
+    for name, model in SECTIONS.items():
+        values = {k: flat[k] for k in model.model_fields if k in flat}
+        try:
+            out[name] = model.model_validate(values)
+        except ValidationError as exc:
+            raise _from_pydantic(exc, where, model, values) from None
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# pydantic errors -> SpecError, and the JSON Schema
+# --------------------------------------------------------------------------------------------
+@functools.cache
+def _schema(model: type[BaseModel]) -> dict[str, Any]:
+    return model.model_json_schema()
+
+
+def _from_pydantic(exc: ValidationError, where: str, model: type[BaseModel], data: Any) -> SpecError:
+    """The first error of ``exc`` in the one shape: path, the value given there, what is allowed there."""
+    err = exc.errors(include_url=False)[0]
+    root = _schema(model)
+    node: dict[str, Any] = root
+    value, path = data, ""
+    loc = list(err["loc"])
+    extra = err["type"] == "extra_forbidden"
+    if extra:
+        loc = loc[:-1]
+    for part in loc:
+        nxt = _child(node, part, root)
+        if nxt is None:
+            break  # a union member's tag: the error is about the value at this path
+        node = nxt
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        value = value[part] if isinstance(value, (dict, list)) else value
+    if extra:
+        keys = ", ".join(_resolve(node, root).get("properties", {})) or describe(node, root)
+        return SpecError(f"{where}{'.' + path if path else ''}: unknown key(s) {err['loc'][-1]!r}; allowed: {keys}")
+    if err["type"] == "missing":
+        return SpecError(f"{where}.{path}: missing; allowed: {describe(node, root)}")
+    allowed = describe(node, root)
+    if err["type"] == "finite_number":
+        allowed = allowed.replace("a number", "a finite number")
+    if err["type"] == "less_than_equal" and _resolve(node, root).get("type") == "integer":
+        allowed = f"at most {err['ctx']['le']:,} (privfl's documented bound for this field)"
+    return spec_error(where, path, value, allowed)
+
+
+def _resolve(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in node:
+        node = root["$defs"][node["$ref"].rsplit("/", 1)[-1]]
+    return node
+
+
+def _child(node: dict[str, Any], part: Any, root: dict[str, Any]) -> dict[str, Any] | None:
+    node = _resolve(node, root)
+    for alt in [node, *node.get("anyOf", [])]:
+        alt = _resolve(alt, root)
+        if isinstance(part, int) and "items" in alt:
+            return alt["items"]
+        if isinstance(part, str) and part in alt.get("properties", {}):
+            return alt["properties"][part]
+    return None
+
+
+def _num(v: float) -> str:
+    return f"{v:,}" if isinstance(v, int) else f"{v:g}"
+
+
+def _or(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
+
+
+def describe(node: dict[str, Any], root: dict[str, Any]) -> str:
+    """What a JSON Schema node allows, in words (``an integer in [1, 100,000], or null``)."""
+    node = _resolve(node, root)
+    if "anyOf" in node:
+        alts = [describe(a, root) for a in node["anyOf"]]
+        return ", or ".join(alts) if len(alts) == 2 and alts[-1] == "null" else _or(alts)
+    if "enum" in node or "const" in node:
+        return _or([repr(v) for v in node.get("enum", [node.get("const")])])
+    kind = node.get("type")
+    text = {"integer": "an integer", "number": "a number", "string": "a string", "boolean": "true or false",
+            "null": "null", "array": "a list", "object": "a mapping"}.get(kind, "a value")
+    if kind == "object" and node.get("properties"):
+        text = f"a mapping with keys {', '.join(node['properties'])}"
+    if kind == "array":
+        text = ("a non-empty list" if node.get("minItems") else "a list") + (
+            f" of: {describe(node['items'], root)}" if "items" in node else "")
+    lo = node.get("minimum", node.get("exclusiveMinimum"))
+    hi = node.get("maximum", node.get("exclusiveMaximum"))
+    if lo is not None and hi is not None:
+        text += f" in {'(' if 'exclusiveMinimum' in node else '['}{_num(lo)}, {_num(hi)}"
+        text += ")" if "exclusiveMaximum" in node else "]"
+    elif lo is not None:
+        text += f" {'>' if 'exclusiveMinimum' in node else '>='} {_num(lo)}"
+    elif hi is not None:
+        text += f" {'<' if 'exclusiveMaximum' in node else '<='} {_num(hi)}"
+    return text
+
+
+def scenario_schema() -> dict[str, Any]:
+    """JSON Schema of a scenario: every field of every registered section, flat or by section."""
+    load_extensions()
+    props: dict[str, Any] = {}
+    defs: dict[str, Any] = {}
+    for name, model in SECTIONS.items():
+        schema = json.loads(json.dumps(model.model_json_schema(ref_template="#/$defs/{model}")))
+        defs.update(schema.pop("$defs", {}))
+        props.update(schema["properties"])
+        schema["description"] = f"the {name!r} section (its fields may also be given flat)"
+        defs[model.__name__] = schema
+    for name, model in SECTIONS.items():
+        props[name] = {"$ref": f"#/$defs/{model.__name__}"}
+    return {"title": "privfl scenario", "type": "object", "additionalProperties": False, "properties": props,
+            "$defs": defs}
+
+
 class Scenario:
     """One federated experiment. Component fields are registry names; ``*_params`` their keywords.
 
     Defaults are the bundled evaluation's: FedAvg on ``digits``, 20 clients, Dirichlet α = 0.5.
     ``byzantine`` Byzantine clients (ids drawn from the seed) run ``byzantine_attack``; robust
     aggregators and pre-aggregators get ``f = byzantine`` unless their params say otherwise.
-    ``device``: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    ``device``: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. ``mode`` picks
+    the runner: ``"federated"`` (server-based FL, this module); other modes register their own with
+    :func:`register_mode`, and their fields with :func:`register_section`.
+
+    ``Scenario(rounds=5, ...)`` and :meth:`from_dict` check every field's type and declared bounds at
+    once (:class:`SpecError`); :meth:`validate` adds the cross-field checks of the scenario's mode.
     """
 
-    label: str = ""
-    dataset: str = "digits"
-    dataset_params: dict[str, Any] = field(default_factory=dict)
-    partition: str = "dirichlet"
-    partition_params: dict[str, Any] = field(default_factory=lambda: {"alpha": 0.5})
-    num_clients: int = 20
-    model: str = "mlp"
-    model_params: dict[str, Any] = field(default_factory=dict)
-    protocol: str = "fedavg"
-    rounds: int = 30
-    local_steps: int = 10
-    batch_size: int | None = 16
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    server_lr: float = 1.0
-    worker_momentum: float = 0.0
-    sample_rate: float = 1.0
-    sampling: str = "uniform"
-    mechanism: str | None = None
-    mechanism_params: dict[str, Any] = field(default_factory=dict)
-    aggregator: str = "mean"
-    aggregator_params: dict[str, Any] = field(default_factory=dict)
-    preaggregators: list[dict[str, Any]] = field(default_factory=list)
-    byzantine: int = 0
-    byzantine_attack: str | None = None
-    byzantine_attack_params: dict[str, Any] = field(default_factory=dict)
-    eval_every: int = 1
-    device: str = "cpu"
-    parallel: str = "auto"
-    client_chunk: int | None = None
-    # ``mode`` picks the runner: "federated" (server-based FL, this module); other modes
-    # (decentralized learning, federated analytics) register their own with ``register_mode``.
-    mode: str = "federated"
-    # --- decentralized learning (MoNNA) fields ---
-    # mode="decentralized" (privfl.evaluations.decentralized): `num_clients` nodes, `byzantine` of them
-    # Byzantine; each round K=`local_steps` steps with Polyak momentum `node_momentum` (β), exchange over
-    # `graph` ("complete" or "sampled": n − f models received, as in MoNNA's experiments), mix with `mixing`.
-    graph: str = "complete"
-    node_momentum: float = 0.99
-    mixing: str = "nna"
-    mixing_params: dict[str, Any] = field(default_factory=dict)
-    decentralized_attack_on: str = "models"
-    # --- privacy accounting fields ---
-    # ε is reported at ``delta`` by ``accounting`` ("rdp", "pld" or "both"); ``dp_clip``/``dp_noise``:
-    # example-level DP-SGD inside every client (per-sample clip R, noise multiplier σ); see evaluations/privacy.py
-    delta: float = 1e-5
-    accounting: str = "rdp"
-    dp_clip: float | None = None
-    dp_noise: float = 0.0
-    # the server sees only the sum of each round's reports (pbm, rqm, ddg, skellam; uniform sampling)
-    secure_aggregation: bool = False
-    # --- privacy attack (curious server) fields ---
-    # A curious server attacks `inversion_victims` clients' updates in each of `inversion_rounds` with the
-    # privacy_attack `inversion_attack` (None: no attack), knowing the facts in `inversion_grant`; scores and
-    # the reconstruction grid come from privfl.evaluations.inversion (the defense is `mechanism`).
-    inversion_attack: str | None = None
-    inversion_attack_params: dict[str, Any] = field(default_factory=dict)
-    inversion_label_strategy: str | None = None
-    inversion_rounds: list[int] = field(default_factory=lambda: [0])
-    inversion_victims: int = 8
-    inversion_grant: list[str] = field(default_factory=lambda: ["labels", "lr", "local_steps", "batch_size"])
-    inversion_grid_images: int = 8
-    # --- federated analytics (LDP frequency estimation) fields ---
-    # mode="analytics" (privfl.evaluations.analytics): `rounds` collections over `analytics_users` users whose
-    # categorical values evolve (`analytics_data`: "zipf" or "markov"; k is mechanism_params.k); `sample_rate`
-    # is the per-collection participation probability; eps_1 = analytics_alpha * eps_inf where it applies.
-    analytics_users: int = 10000
-    analytics_data: str = "zipf"
-    analytics_data_params: dict[str, Any] = field(default_factory=dict)
-    analytics_alpha: float | None = None
-    # --- membership inference (mode="membership", privfl.evaluations.membership): threat, attacks, references ---
-    membership_params: dict[str, Any] = field(default_factory=dict)
+    def __init__(self, **fields: Any) -> None:
+        object.__setattr__(self, "_sections", _build_sections(fields, "scenario"))
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def fields(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
+        """Every field name, of every registered section."""
+        load_extensions()
+        return list(FIELD_OWNER)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, where: str = "scenario") -> Scenario:
-        """Build from a mapping, rejecting unknown fields and wrong types with a clear message."""
+        """Build from a mapping (fields flat or by section), rejecting unknown fields and wrong types."""
         if not isinstance(data, dict):
             raise SpecError(f"{where}: expected a mapping of scenario fields, got {type(data).__name__}")
-        valid = cls.fields()
-        unknown = sorted(set(data) - set(valid))
-        if unknown:
-            raise SpecError(
-                f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; valid fields: {', '.join(valid)}"
-            )
-        scenario = cls(**{k: _copy(v) for k, v in data.items()})
-        scenario.check_types(where)
+        scenario = cls.__new__(cls)
+        object.__setattr__(scenario, "_sections", _build_sections(_copy(data), where))
         return scenario
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every field, flat (what :func:`cell_id` hashes: the same keys and values as ever)."""
+        out: dict[str, Any] = {}
+        for section in self._sections.values():
+            out.update(section.flat())
+        return out
 
     def replace(self, **changes: Any) -> Scenario:
         return Scenario.from_dict({**self.to_dict(), **changes})
 
+    def section(self, name: str) -> Section:
+        """The typed section ``name`` (e.g. ``"privacy"``)."""
+        if name not in self._sections:
+            raise ValueError(f"section: got {name!r}; allowed: {', '.join(self._sections)}")
+        return self._sections[name]
+
+    def __getattr__(self, name: str) -> Any:
+        owner = FIELD_OWNER.get(name) if not name.startswith("_") else None
+        if owner is None or owner not in self.__dict__.get("_sections", {}):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        value = getattr(self._sections[owner], name)
+        nested = isinstance(value, BaseModel) or (isinstance(value, list) and any(isinstance(v, BaseModel)
+                                                                                  for v in value))
+        return _plain(value) if nested else value  # nested models read as the plain data a spec wrote
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        owner = FIELD_OWNER.get(name)
+        if owner is None:
+            raise AttributeError(f"Scenario has no field {name!r}")
+        section = self._sections[owner]
+        try:
+            setattr(section, name, value)
+        except ValidationError as exc:
+            raise _from_pydantic(exc, "scenario", type(section), {name: value}) from None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Scenario) and self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass was
+
+    def __repr__(self) -> str:
+        default = Scenario().to_dict()
+        changed = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items() if default.get(k) != v)
+        return f"Scenario({changed})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"fields": self.to_dict()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        object.__setattr__(self, "_sections", _build_sections(state["fields"], "scenario"))
+
     # ------------------------------------------------------------------ validation
-    def check_types(self, where: str = "scenario") -> None:
-        hints = {f.name: f.type for f in dataclasses.fields(self)}
-        for name, hint in hints.items():
-            value = getattr(self, name)
-            hint = str(hint)
-            optional = "None" in hint
-            if value is None:
-                if not optional:
-                    raise SpecError(f"{where}.{name}: got null; expected {hint}")
-                continue
-            if hint.startswith("dict") and not isinstance(value, dict):
-                raise SpecError(f"{where}.{name}: expected a mapping of parameters, got {value!r}")
-            if hint.startswith("list") and not isinstance(value, list):
-                raise SpecError(f"{where}.{name}: expected a list, got {value!r}")
-            if hint.startswith("str") and not isinstance(value, str):
-                raise SpecError(f"{where}.{name}: expected a string, got {value!r}")
-            if hint.startswith("int") and (not isinstance(value, int) or isinstance(value, bool)):
-                raise SpecError(f"{where}.{name}: expected an integer, got {value!r}")
-            if hint == "float" and (not isinstance(value, (int, float)) or isinstance(value, bool)):
-                raise SpecError(f"{where}.{name}: expected a number, got {value!r}")
+    def error(self, where: str, name: str, allowed: str) -> SpecError:
+        """:func:`spec_error` for field ``name`` with its current value (cross-field checks raise this)."""
+        return spec_error(where, name, getattr(self, name), allowed)
 
     def validate(self, where: str = "scenario") -> None:
         """Check every field and build the cheap components once, so bad input fails before running.
 
-        Common checks, then the mode's own validator (the federated mode's is :meth:`validate_federated`).
-        """
-        self.check_types(where)
+        Types and bounds were checked when the scenario was built; here the cell's work bound, the
+        device, then the mode's own validator (the federated mode's is :meth:`validate_federated`)."""
         self.check_bounds(where)
         try:
             resolve_device(self.device)
@@ -209,86 +464,43 @@ class Scenario:
             raise SpecError(f"{where}.device: {exc}") from None
         load_extensions()
         if self.mode not in MODES:
-            raise SpecError(f"{where}.mode: got {self.mode!r}; allowed: {', '.join(sorted(MODES))}")
+            raise self.error(where, "mode", ", ".join(sorted(MODES)))
         validator = MODE_VALIDATORS.get(self.mode)
         if validator is not None:
             validator(self, where)
 
     def check_bounds(self, where: str = "scenario") -> None:
-        """Size-like fields within :data:`LIMITS`, and one cell's training work within
-        :data:`MAX_CLIENT_STEPS` client SGD steps (rounds × participating clients × local steps)."""
-        for name, limit in LIMITS.items():
-            value = getattr(self, name)
-            if isinstance(value, int) and value > limit:
-                raise self._bad(where, name, f"at most {limit:,} (privfl's documented bound for this field)")
-        rate = self.sample_rate if isinstance(self.sample_rate, (int, float)) and 0 < self.sample_rate <= 1 else 1
-        steps = self.rounds * max(1, round(rate * self.num_clients)) * self.local_steps
+        """One cell's training work within :data:`MAX_CLIENT_STEPS` client SGD steps (rounds ×
+        participating clients × local steps); each field's own bound is declared in its section."""
+        participating = max(1, round(self.sample_rate * self.num_clients))
+        steps = self.rounds * participating * self.local_steps
         if self.mode != "analytics" and steps > MAX_CLIENT_STEPS:
             raise SpecError(
-                f"{where}.rounds: rounds={self.rounds:,} × {max(1, round(rate * self.num_clients)):,} participating "
+                f"{where}.rounds: rounds={self.rounds:,} × {participating:,} participating "
                 f"clients × local_steps={self.local_steps:,} = {steps:,} client SGD steps in one cell; allowed: at "
                 f"most {MAX_CLIENT_STEPS:,}")
 
-    def _bad(self, where: str, name: str, allowed: str) -> SpecError:
-        return SpecError(f"{where}.{name}: got {getattr(self, name)!r}; allowed: {allowed}")
-
     def validate_learning(self, where: str = "scenario", *, min_clients: int = 1) -> None:
-        """Fields every training mode shares: rounds, local SGD, data, model, partition, Byzantine clients."""
-
-        def bad(name: str, allowed: str) -> SpecError:
-            return self._bad(where, name, allowed)
-
-        if self.rounds < 1:
-            raise bad("rounds", "an integer >= 1")
+        """Cross-field checks every training mode shares: clients, Byzantine clients, data, model."""
         if self.num_clients < min_clients:
-            raise bad("num_clients", f"an integer >= {min_clients}")
-        if self.local_steps < 1:
-            raise bad("local_steps", "an integer >= 1")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise bad("batch_size", "an integer >= 1, or null for the full local batch")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise bad("lr", "a finite number > 0")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise bad("weight_decay", "a finite number >= 0")
-        if self.parallel not in ("auto", "vmap", "loop"):
-            raise bad("parallel", "'auto', 'vmap' or 'loop'")
-        if self.eval_every < 1:
-            raise bad("eval_every", "an integer >= 1")
-        if not (0 <= self.byzantine < self.num_clients):
-            raise bad("byzantine", f"an integer in [0, num_clients={self.num_clients})")
+            raise self.error(where, "num_clients", f"an integer >= {min_clients}")
+        if not self.byzantine < self.num_clients:
+            raise self.error(where, "byzantine", f"an integer in [0, num_clients={self.num_clients})")
         if self.byzantine and not self.byzantine_attack:
             raise SpecError(
                 f"{where}.byzantine_attack: byzantine={self.byzantine} needs an attack name; "
                 f"allowed: {', '.join(registry.available('byzantine_attack')) or '(none registered)'}"
             )
         if self.partition not in registry.available("partition"):
-            raise bad("partition", ", ".join(registry.available("partition")))
+            raise self.error(where, "partition", ", ".join(registry.available("partition")))
         self._check_component("dataset", "dataset", self.dataset, self.dataset_params, where)
         self._check_component(
             "model", "model", self.model, self.model_params, where, skip=("input_shape", "num_classes")
         )
 
     def validate_federated(self, where: str = "scenario") -> None:
-        """The federated mode's fields: training settings, registry names and parameters, extensions."""
-
-        def bad(name: str, allowed: str) -> SpecError:
-            return self._bad(where, name, allowed)
-
+        """The federated mode's cross-field checks: registry names and parameters, extensions, rule sizes."""
         self.validate_learning(where)
-        if not (0 <= self.momentum < 1):
-            raise bad("momentum", "a number in [0, 1)")
-        if not (0 <= self.worker_momentum < 1):
-            raise bad("worker_momentum", "a number in [0, 1)")
-        if not (math.isfinite(self.server_lr) and self.server_lr > 0):
-            raise bad("server_lr", "a finite number > 0")
-        if not (0 < self.sample_rate <= 1):
-            raise bad("sample_rate", "a number in (0, 1]")
-        if self.protocol not in ("fedavg", "fedsgd"):
-            raise bad("protocol", "'fedavg' or 'fedsgd'")
-        if self.sampling not in ("uniform", "poisson"):
-            raise bad("sampling", "'uniform' or 'poisson'")
-        if self.client_chunk is not None and self.client_chunk < 1:
-            raise bad("client_chunk", "an integer >= 1, or null")
         for ext in EXTENSIONS.values():
             if ext.validate is not None:
                 ext.validate(self, where)

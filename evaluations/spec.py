@@ -39,7 +39,8 @@ from privfl.evaluations.errors import SpecError
 if TYPE_CHECKING:
     from privfl.evaluations.scenario import Scenario
 
-__all__ = ["Spec", "Cell", "load_spec", "bundled_specs", "parse_spec", "count_cells", "check_size", "MAX_CELLS"]
+__all__ = ["Spec", "Cell", "load_spec", "bundled_specs", "parse_spec", "spec_schema", "count_cells", "check_size",
+           "MAX_CELLS"]
 
 # Default limit on the number of cells a spec may expand to (``privfl run --max-cells`` changes it):
 # counted without expanding the grid, so a runaway grid is refused at once.
@@ -161,9 +162,17 @@ def _short(value: Any) -> str:
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    from privfl.evaluations.scenario import Scenario
+    from privfl.evaluations.scenario import SECTIONS, Scenario
 
     head, _, rest = key.partition(".")
+    if head in SECTIONS and head not in data:  # a section's name: privacy.delta, or privacy: {delta: ...}
+        items = [(rest, value)] if rest else list(value.items()) if isinstance(value, dict) else [("", value)]
+        for k, v in items:
+            if k.partition(".")[0] not in SECTIONS[head].model_fields:
+                raise SpecError(f"grid axis {key!r}: {k!r} is not a field of section {head!r}; allowed: "
+                                f"{', '.join(SECTIONS[head].model_fields)}")
+            _set_dotted(data, k, v)
+        return
     if head not in data:
         raise SpecError(
             f"grid axis {key!r}: unknown scenario field {head!r}; valid fields: {', '.join(Scenario.fields())}"
@@ -254,6 +263,38 @@ def _check_axes(spec: Spec) -> None:
                     if key != "label" or not _is_cases(axis):
                         _set_dotted(data, key, v)
                 Scenario.from_dict(data, where=f"spec.grid[{i}].{axis}")
+
+
+def spec_schema() -> dict[str, Any]:
+    """JSON Schema of a spec file, for editors: the spec's keys, with ``base`` a scenario of every
+    registered section (fields flat or by section) and grid axes named by (dotted) fields or ``cases*``."""
+    from privfl.evaluations.scenario import scenario_schema
+
+    scenario = scenario_schema()
+    defs = scenario.pop("$defs")
+    defs["Scenario"] = scenario
+    names = "|".join(sorted(scenario["properties"], key=lambda n: (-len(n), n)))
+    axes = {"type": "object", "propertyNames": {"pattern": rf"^(({names})(\..+)?|{CASES}(_.*)?)$"},
+            "additionalProperties": {"description": "a list of values (or one value)"}}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "privfl evaluation spec",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string", "minLength": 1, "pattern": r"^[^./\\][^/\\]*$",
+                     "description": "names the run directory"},
+            "description": {"type": "string", "description": "one line shown in the report"},
+            "imports": {"anyOf": [{"type": "array", "items": {"type": "string"}}, {"type": "null"}],
+                        "description": "modules that register user components"},
+            "base": {"anyOf": [{"$ref": "#/$defs/Scenario"}, {"type": "null"}]},
+            "grid": {"anyOf": [axes, {"type": "array", "items": axes}, {"type": "null"}],
+                     "description": "axes (cartesian product), or a list of such blocks (union)"},
+            "seeds": {"anyOf": [{"type": "integer", "minimum": 1},
+                                {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}]},
+        },
+        "$defs": defs,
+    }
 
 
 def bundled_specs() -> dict[str, Path]:

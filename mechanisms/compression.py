@@ -40,6 +40,8 @@ NO_GUARANTEE = "compression only: no differential-privacy guarantee (ε = ∞)"
 class _PerTensor(Mechanism):
     """Shared: the segments (tensors) of a row, set by :meth:`bind_layout`; whole row by default."""
 
+    role = "compressor"
+    binds_layout = True  # per tensor of the model's layout
     sizes: tuple[int, ...] | None = None
     nonfinite = "raise"
 
@@ -144,6 +146,7 @@ class FP16(Mechanism):
     """Round to half precision and back (values clamped to the fp16 range first)."""
 
     name = "fp16"
+    role = "compressor"
     nonfinite = "raise"
     param_space = {}  # no parameters
 

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from privfl.accounting import distributed
-from privfl.core import Mechanism, PrivacyGuarantee
+from privfl.core import InputDomain, Mechanism, PrivacyGuarantee
 from privfl.mechanisms import _checks
 from privfl.params import Int, Real
 from privfl.registry import register
@@ -92,6 +92,10 @@ class IntegerSecAggMechanism(Mechanism):
     """Shared pipeline of DDG and Skellam: clip, rotate, scale, conditional rounding, integer noise
     (:meth:`noise`, per family), mod 2^bits; decode = centre, unscale, rotate back."""
 
+    role = "client-vector"
+    secure_sum = True  # sum_guarantee(n): the distributed guarantee inside the modular sum of n reports
+    binds_layout = True
+    binds_dim = True  # the guarantee is stated for the model's (padded) dimension
     unbiased = False  # modular wrap-around and the norm-conditioned rounding bias it (slightly)
     nonfinite = "zero"  # a NaN/±Inf row becomes the zero vector before clipping, counted in nonfinite_replaced
     k_default = 4.0
@@ -112,6 +116,10 @@ class IntegerSecAggMechanism(Mechanism):
         self.nonfinite_replaced = 0
 
     # ------------------------------------------------------------------ geometry
+    def domain(self) -> InputDomain:
+        """The clip ball: rows of ℓ2 norm ≤ ``clip_norm``."""
+        return InputDomain.l2_ball(self.clip_norm)
+
     def bind_dim(self, dim: int) -> None:
         """Fix the update dimension d the guarantee is stated for."""
         self.dim = _checks.integer("dim", dim, lo=1)

@@ -110,7 +110,7 @@ import torch
 from torch import Tensor
 
 from privfl.accounting.guarantees import gaussian_guarantee
-from privfl.core import Mechanism, PrivacyGuarantee
+from privfl.core import InputDomain, Mechanism, PrivacyGuarantee
 from privfl.mechanisms import _checks
 from privfl.params import Int, Real, Ref
 from privfl.registry import register
@@ -167,9 +167,11 @@ class DPBREM(Mechanism):
         "batch_size": Int(1, None, typical=(1, 32)),
         "momentum": Real(0, 1, hi_open=True),
     }
-    central = True
+    role = "server-noise"
     protocol = "fedsgd"
     nonfinite = "zero"
+    stateful = True  # client momenta and the server's centre (reset() forgets them)
+    per_participation = True  # participation_guarantee(k): the accountant records each client's k-th release
     #: the unit printed beside every DP-BREM ε (module docstring: what the ε means)
     epsilon_unit = "record-level, per participating client, no sampling amplification"
 
@@ -204,6 +206,10 @@ class DPBREM(Mechanism):
         """Δ_k = min(2C, (1 − β^k)·R/B): ℓ2 sensitivity of a release at a client's k-th participation."""
         k = _checks.integer("k", k, lo=1)
         return min(2.0 * self.clip_norm, (1.0 - self.momentum**k) * self.record_clip / self.batch_size)
+
+    def domain(self) -> InputDomain:
+        """The server clips every row's offset from the centre to ℓ2 norm ``clip_norm`` (C)."""
+        return InputDomain.l2_ball(self.clip_norm)
 
     def guarantee(self) -> PrivacyGuarantee:
         """One release at the steady-state (worst) sensitivity min(2C, R/B); see the module docstring."""

@@ -56,6 +56,8 @@ class FedRand(Mechanism):
     """Random partial release of parameter groups per client and round (FedRand, Park et al. 2025)."""
 
     name = "fedrand"
+    role = "compressor"  # an empirical defence: no DP guarantee
+    binds_layout = True  # parameter groups from the model's layout
     unbiased = True
     nonfinite = "raise"  # a NaN/±Inf row raises ValueError (no clip to bound it), as the compressors
     param_space = {

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from privfl.accounting.guarantees import gaussian_guarantee
-from privfl.core import Mechanism, PrivacyGuarantee
+from privfl.core import InputDomain, Mechanism, PrivacyGuarantee
 from privfl.mechanisms import _checks
 from privfl.params import Choice, Real
 from privfl.registry import register
@@ -60,6 +60,8 @@ class GaussianMechanism(Mechanism):
     ``none``: ε = ∞)."""
 
     name = "gaussian"
+    #: the role is the caller's choice (``local``): see :attr:`role`
+    roles = ("client-vector", "server-noise")
     supports_secure_rng = True
     rng = "seeded"  # privfl.secure_rng.with_rng(mech, "secure") for deployment
     unbiased = True  # for the clipped input (estimand): the noise has mean 0
@@ -77,8 +79,16 @@ class GaussianMechanism(Mechanism):
         self.clip_norm = _checks.number("clip_norm", clip_norm, lo=0.0)
         self.noise_multiplier = _checks.number("noise_multiplier", noise_multiplier, lo=0.0, lo_open=False)
         self.local = _checks.boolean("local", local)
-        self.central = not self.local
         self.nonfinite_replaced = 0
+
+    @property
+    def role(self) -> str:  # type: ignore[override]
+        """``"client-vector"`` (``local=True``) or ``"server-noise"`` (``local=False``, DP-FedAvg)."""
+        return "client-vector" if self.local else "server-noise"
+
+    def domain(self) -> InputDomain:
+        """The clip ball: rows of ℓ2 norm ≤ ``clip_norm``."""
+        return InputDomain.l2_ball(self.clip_norm)
 
     @property
     def noise_std(self) -> float:
@@ -164,6 +174,7 @@ class DPFedAvg(GaussianMechanism):
     Clients only clip; the trusted server adds N(0, (z·S)² I) to the sum of the clipped updates."""
 
     name = "dp-fedavg"
+    roles = ("server-noise",)
     param_space = {k: v for k, v in GaussianMechanism.param_space.items() if k != "local"}
 
     def __init__(self, clip_norm: float = 1.0, noise_multiplier: float = 1.0) -> None:

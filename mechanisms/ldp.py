@@ -35,6 +35,7 @@ generators are not cryptographic: this is a research simulator, not a deployment
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any, ClassVar
@@ -44,7 +45,7 @@ import torch
 from torch import Tensor
 
 from privfl.accounting.guarantees import pmf_guarantee
-from privfl.core import Mechanism, PrivacyGuarantee
+from privfl.core import InputDomain, Mechanism, PrivacyGuarantee
 from privfl.params import Int, Real
 from privfl.registry import register
 
@@ -373,9 +374,14 @@ class FrequencyOracle(Mechanism):
     """
 
     name: ClassVar[str] = "frequency-oracle"
-    input_kind: ClassVar[str] = "categories"  # privatize takes [n] int64 ids, not [n, d] floats
+    role = "frequency-oracle"  # privatize takes [n] int64 ids, not [n, d] floats
+    exact_pmf = True  # output_pmf from transition_matrix; report_outcomes per protocol
     nonfinite: ClassVar[str] = "n/a"  # integer category ids: no NaN/Inf can reach them
     k: int
+
+    def domain(self) -> InputDomain:
+        """Category ids ``0..k-1`` (replace-one neighbours)."""
+        return InputDomain.of_categories(self.k)
 
     # -- subclasses -------------------------------------------------------------------------
     def support_probabilities(self) -> tuple[float, float]:
@@ -415,13 +421,12 @@ class FrequencyOracle(Mechanism):
         return (f * a * (1 - a) + (1 - f) * b * (1 - b)) / (n * (a - b) ** 2)
 
     # -- exact output distributions (for exact privacy checks) ------------------------------
-    #: keyword of :meth:`transition_matrix` that takes a report's public randomness (None: there is none)
-    public_key: ClassVar[str | None] = None
+    #: ``public_key``: the keyword of :meth:`transition_matrix` that takes a report's public randomness
     unbiased = True  # decode(privatize(v)) averages to the one-hot vector of v
 
+    @abstractmethod
     def transition_matrix(self, **public: Any) -> np.ndarray:
         """``M[v, o] = P(report = o | value v)`` over an enumeration of the outputs (tests, audits)."""
-        raise NotImplementedError
 
     def output_pmf(self, v: int, *, public: Any = None, **options: Any) -> np.ndarray:
         """Exact pmf of the report's outcome (the enumeration of :meth:`transition_matrix`) for the value
@@ -434,9 +439,9 @@ class FrequencyOracle(Mechanism):
             options = {**options, self.public_key: tuple(int(t) for t in public)}
         return self.transition_matrix(**options)[int(v)]
 
+    @abstractmethod
     def report_outcomes(self, reports: Tensor) -> tuple[Tensor, Tensor | None]:
         """``(outcome, public)``: each report's index into :meth:`output_pmf` and its public part (or None)."""
-        raise NotImplementedError
 
 
 # --------------------------------------------------------------------------------------------

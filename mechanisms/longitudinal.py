@@ -154,6 +154,8 @@ class LongitudinalOracle(FrequencyOracle):
     """
 
     name: ClassVar[str] = "longitudinal"
+    stateful = True  # the per-user store (reset() forgets every user)
+    longitudinal = True  # spent(client_ids) and budget_bound(): a per-user budget ledger
     eps_inf: float
     public_width: ClassVar[int] = 0
 

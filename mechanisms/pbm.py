@@ -31,7 +31,7 @@ from torch import Tensor
 
 from privfl.accounting import distributed
 from privfl.accounting.guarantees import pmf_guarantee
-from privfl.core import Mechanism, PrivacyGuarantee
+from privfl.core import InputDomain, Mechanism, PrivacyGuarantee
 from privfl.mechanisms import _checks
 from privfl.mechanisms.rqm import index_dtype
 from privfl.params import Int, Real
@@ -58,6 +58,9 @@ class PBM(_checks.CoordinateOutcomes, Mechanism):
     """Poisson Binomial Mechanism (Chen, Özgür, Kairouz 2022): Z ~ Binomial(m, 1/2 + θx/c) per coordinate."""
 
     name = "pbm"
+    role = "client-vector"
+    exact_pmf = True  # output_pmf(x) per coordinate; report_outcomes from CoordinateOutcomes
+    secure_sum = True  # sum_guarantee(n): the exact guarantee inside the integer sum of n reports
     report_what = "counts from PBM.privatize"  # report_outcomes: each coordinate's count Z
     unbiased = True  # for the input clamped to [−c, c] (estimand)
     nonfinite = "zero"  # a NaN/±Inf row becomes the zero vector before clamping, counted in nonfinite_replaced
@@ -73,6 +76,10 @@ class PBM(_checks.CoordinateOutcomes, Mechanism):
         self.theta = _checks.number("theta", theta, lo=0.0, hi=0.25)
         self.report_bits = max(1, math.ceil(math.log2(self.m + 1)))
         self.nonfinite_replaced = 0
+
+    def domain(self) -> InputDomain:
+        """Every coordinate in ``[−c, c]`` (inputs are clamped to it)."""
+        return InputDomain.box(self.c)
 
     def estimand(self, x: Tensor) -> Tensor:
         """``decode(privatize(x))`` is unbiased for ``x`` clamped to ``[−c, c]`` (non-finite rows: zero)."""

@@ -44,7 +44,7 @@ from torch import Tensor
 
 from privfl.accounting import distributed
 from privfl.accounting.guarantees import pmf_guarantee
-from privfl.core import Mechanism, PrivacyGuarantee
+from privfl.core import InputDomain, Mechanism, PrivacyGuarantee
 from privfl.mechanisms import _checks
 from privfl.params import Int, Real
 from privfl.registry import register
@@ -81,6 +81,9 @@ class RQM(_checks.CoordinateOutcomes, Mechanism):
     """
 
     name = "rqm"
+    role = "client-vector"
+    exact_pmf = True  # output_pmf(x) per coordinate; report_outcomes from CoordinateOutcomes
+    secure_sum = True  # sum_guarantee(n): the exact guarantee inside the integer sum of n reports
     report_what = "level indices from RQM.privatize"  # report_outcomes: each coordinate's level
     supports_secure_rng = True
     rng = "seeded"  # privfl.secure_rng.with_rng(mech, "secure") for deployment
@@ -103,6 +106,10 @@ class RQM(_checks.CoordinateOutcomes, Mechanism):
         self.step = 2.0 * (self.c + self.delta) / (self.m - 1)
         self.report_bits = max(1, math.ceil(math.log2(self.m)))
         self.nonfinite_replaced = 0
+
+    def domain(self) -> InputDomain:
+        """Every coordinate in ``[−c, c]`` (inputs are clamped to it)."""
+        return InputDomain.box(self.c)
 
     def estimand(self, x: Tensor) -> Tensor:
         """``decode(privatize(x))`` is unbiased for ``x`` clamped to ``[−c, c]`` (non-finite rows: zero)."""

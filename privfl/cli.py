@@ -108,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="black-box trials per side (default 500000)")
     p_list = sub.add_parser("list", help="list registered components")
     p_list.add_argument("kind", nargs="?", help=f"one of: {', '.join(registry.KINDS)}")
+    p_schema = sub.add_parser("schema", help="print the JSON Schema of a spec file (for editors' autocompletion)")
+    p_schema.add_argument("--out", type=Path, help="write the schema to this file instead of printing it")
     return parser
 
 
@@ -245,6 +247,23 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_schema(args: argparse.Namespace) -> int:
+    """The JSON Schema of a spec: scenario fields of every registered section, and the spec's keys."""
+    import json
+
+    from privfl.evaluations.scenario import SpecError
+    from privfl.evaluations.spec import spec_schema
+
+    text = json.dumps(spec_schema(), indent=2) + "\n"
+    if args.out is None:
+        sys.stdout.write(text)
+    elif args.out.is_dir() or not args.out.parent.is_dir():
+        raise SpecError(f"--out: got {str(args.out)!r}; allowed: a file path in an existing directory")
+    else:
+        args.out.write_text(text)
+    return EXIT_OK
+
+
 def _bad_input_types() -> tuple[type[BaseException], ...]:
     """Only validation errors are bad input (exit 2); any other ValueError/TypeError is a bug (exit 1)."""
     from privfl.evaluations.errors import SpecError
@@ -278,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = {"run": _cmd_run, "report": _cmd_report, "list": _cmd_list, "account": _cmd_account,
-               "audit": _cmd_audit}[args.command]
+               "audit": _cmd_audit, "schema": _cmd_schema}[args.command]
     _setup_logging()
     try:
         return handler(args)

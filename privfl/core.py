@@ -14,7 +14,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from privfl import params
 
 __all__ = [
     "PrivacyGuarantee",
+    "InputDomain",
+    "MechanismRole",
+    "MECHANISM_ROLES",
     "Mechanism",
     "Aggregator",
     "PreAggregator",
@@ -127,6 +130,115 @@ class Component:
 # --------------------------------------------------------------------------------------------
 # Mechanisms
 # --------------------------------------------------------------------------------------------
+#: What a mechanism is to the FL pipeline (:class:`Mechanism` ``role``; ``docs/ARCHITECTURE.md``):
+#:
+#: - ``"client-vector"`` — a local randomizer of ``[n, d]`` update rows (local Gaussian, PBM, RQM,
+#:   DDG, Skellam): ``privatize`` adds the noise, the server aggregates ``decode(reports)``, every
+#:   participating client's report is one release. Secure-aggregation mechanisms are client vectors
+#:   that also declare ``secure_sum`` (their guarantee inside the sum of n reports).
+#: - ``"frequency-oracle"`` — a local randomizer of ``[n]`` category ids (GRR, OLH, OUE, LOLOHA, …):
+#:   ``estimate`` gives frequencies; one release per user report.
+#: - ``"server-noise"`` — central DP (DP-FedAvg, DP-BREM): ``privatize`` only bounds each client's
+#:   contribution and ``aggregate`` — the noisy sum — replaces the server's aggregator; one release per
+#:   round concerning every client. (DP-BREM+ keeps this server step but its noise shares are added by
+#:   the clients under secure aggregation: ``noise_location = "client"``.)
+#: - ``"compressor"`` — no privacy claim (top-k, quantize, fp16, FedRand): ``privatize`` compresses,
+#:   the guarantee is :meth:`PrivacyGuarantee.none` (ε = ∞ in every report).
+MechanismRole = Literal["client-vector", "frequency-oracle", "server-noise", "compressor"]
+MECHANISM_ROLES: tuple[str, ...] = get_args(MechanismRole)
+
+DomainKind = Literal["categories", "l2-ball", "box", "unbounded"]
+
+
+@dataclass(frozen=True)
+class InputDomain:
+    """The inputs a mechanism's guarantee is stated over — and so its sensitivity and worst cases.
+
+    - ``"categories"``: category ids ``0..categories-1`` (frequency oracles; replace-one neighbours);
+    - ``"l2-ball"``: rows of ℓ2 norm ≤ ``bound`` (the clip norm; replace-one sensitivity ``2·bound``,
+      add/remove ``bound``); ``privatize`` maps any row onto it first;
+    - ``"box"``: every coordinate in ``[−bound, bound]`` (per-coordinate mechanisms, ``c``);
+    - ``"unbounded"``: no bound (compressors: no guarantee to state).
+
+    The audits (:func:`privfl.evaluations.audit.neighbouring_pair`) and :mod:`privfl.testing` build
+    their default worst-case inputs from it — on the boundary and ``10·bound`` outside it.
+    """
+
+    kind: DomainKind
+    bound: float | None = None
+    categories: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in get_args(DomainKind):
+            raise ValueError(f"InputDomain.kind must be one of {', '.join(map(repr, get_args(DomainKind)))}, "
+                             f"got {self.kind!r}")
+        if self.kind == "categories":
+            k = self.categories
+            if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2 or self.bound is not None:
+                raise ValueError(f"InputDomain('categories') needs categories = an int >= 2 and no bound, got "
+                                 f"categories={k!r}, bound={self.bound!r}")
+        elif self.kind in ("l2-ball", "box"):
+            b = self.bound
+            if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b) or b <= 0 \
+                    or self.categories is not None:
+                raise ValueError(f"InputDomain({self.kind!r}) needs bound = a finite number > 0 and no categories, "
+                                 f"got bound={b!r}, categories={self.categories!r}")
+        elif self.bound is not None or self.categories is not None:
+            raise ValueError("InputDomain('unbounded') takes no bound and no categories")
+
+    @classmethod
+    def of_categories(cls, k: int) -> InputDomain:
+        return cls("categories", categories=int(k))
+
+    @classmethod
+    def l2_ball(cls, radius: float) -> InputDomain:
+        return cls("l2-ball", bound=float(radius))
+
+    @classmethod
+    def box(cls, c: float) -> InputDomain:
+        return cls("box", bound=float(c))
+
+    @classmethod
+    def unbounded(cls) -> InputDomain:
+        return cls("unbounded")
+
+    @property
+    def categorical(self) -> bool:
+        return self.kind == "categories"
+
+
+NONFINITE_POLICIES = ("zero", "raise", "n/a", "undeclared")
+
+#: capability flag → the members a class declaring it must implement (and a class implementing them
+#: must declare): checked when the class is defined, so a declaration is never a guess.
+_CAPABILITY_MEMBERS: dict[str, tuple[str, ...]] = {
+    "exact_pmf": ("output_pmf", "report_outcomes"),
+    "secure_sum": ("sum_guarantee", "decode_sum", "sum_bits"),
+    "stateful": ("reset",),
+    "binds_layout": ("bind_layout",),
+    "binds_dim": ("bind_dim",),
+    "per_participation": ("participation_guarantee",),
+    "longitudinal": ("spent", "budget_bound"),
+}
+
+
+def _implements(cls: type, member: str) -> bool:
+    """``cls`` has ``member`` as a concrete callable, other than the :class:`Mechanism` base's default."""
+    value = getattr(cls, member, None)
+    if value is None or getattr(value, "__isabstractmethod__", False):
+        return False
+    if isinstance(value, property):
+        return True
+    return callable(value) and value is not Mechanism.__dict__.get(member)
+
+
+def _is_abstract(cls: type) -> bool:
+    """Whether ``cls`` still has abstract methods (``ABCMeta`` sets ``__abstractmethods__`` only after
+    ``__init_subclass__``, so it is computed here)."""
+    names = {n for base in cls.__mro__ for n, v in vars(base).items() if getattr(v, "__isabstractmethod__", False)}
+    return any(getattr(getattr(cls, n, None), "__isabstractmethod__", False) for n in names)
+
+
 class Mechanism(Component, ABC):
     """A local randomizer with its decoder and its guarantee (like a ``torch.distributions``
     object: validated parameters, ``privatize`` draws, ``guarantee`` exposes the analysis).
@@ -141,36 +253,155 @@ class Mechanism(Component, ABC):
     Stateful mechanisms keep per-client state in an explicit, serialisable object keyed by
     client id (``client_ids`` selects the rows' owners); never in globals.
 
-    Optional members (used by :mod:`privfl.testing`; every registered mechanism declares the first):
+    **Declarations.** What the simulation, the audits and :mod:`privfl.testing` do with a mechanism
+    is read from what it declares, never guessed from its class or its attribute names; a user's
+    mechanism that declares the same gets the same treatment as a built-in one. Checked when the
+    class is defined (``TypeError`` naming the class and the declaration):
 
+    - ``role`` (required on every concrete class; :data:`MechanismRole`). A class whose instances
+      play one of several roles lists them in ``roles`` and defines ``role`` as a property
+      (``gaussian``: ``local=True`` → ``"client-vector"``, ``local=False`` → ``"server-noise"``).
+      ``central``, ``noise_location`` and ``input_kind`` follow from the role.
+    - :meth:`domain` — the :class:`InputDomain` (clip ball, ``[−c, c]`` box, categories): the
+      sensitivity bound of the analysis and the source of every default worst-case input.
+      Required of frequency oracles.
+    - Capability flags, each tied to the members it needs (a flag without its members, or the
+      members without the flag, is refused):
+
+      - ``exact_pmf``: ``output_pmf(x, *, public=None, **options) -> np.ndarray``, the exact
+        probability of every outcome for one input ``x`` (a category id for frequency oracles, a
+        scalar for per-coordinate mechanisms), given the report's public randomness ``public`` (a
+        hash seed, sampled buckets; ``None`` where there is none; ``public_key`` names it) — or a
+        ``[components, outcomes]`` table when the report is a product of independent components (the
+        bits of a unary encoding) — and ``report_outcomes(reports) -> (outcome [N] or [N, components]
+        int64, public [N, w] or None)``, which maps ``privatize``'s reports to indices into that pmf.
+        With them ``check_privacy_loss`` computes the privacy loss exactly and the black-box audit
+        scores by the exact likelihood ratio.
+      - ``secure_sum``: ``sum_guarantee(n)``, ``decode_sum(total, count)``, ``sum_bits(n)`` — the
+        guarantee inside a secure sum of n reports (pbm, rqm, ddg, skellam); client vectors only.
+      - ``stateful``: ``reset()`` forgets every client (the checks run on fresh users).
+      - ``binds_layout`` / ``binds_dim``: ``bind_layout(layout)`` (per-tensor compressors) /
+        ``bind_dim(d)`` (a guarantee stated for the model's dimension) — called before the first round.
+      - ``per_participation``: ``participation_guarantee(k)``, the release at a client's k-th
+        participation (DP-BREM), which the accountant records instead of ``guarantee()``.
+      - ``longitudinal``: ``spent(client_ids)`` and ``budget_bound()`` — a per-user budget ledger.
+
+    - Plain declarations: ``unbiased`` (``decode(privatize(x))`` is unbiased for :meth:`estimand`
+      on the domain: ``check_unbiased`` applies), ``randomized`` (``None``: private guarantees are),
+      ``nonfinite`` (the non-finite policy), ``protocol`` (the FL protocol it needs),
+      ``local_training`` (client-side settings it imposes), ``epsilon_unit`` (printed beside its ε),
+      ``supports_secure_rng``; :meth:`report_bytes` (the size of a report on the wire).
     - ``param_space``: the valid range of every constructor parameter (:mod:`privfl.params`).
-    - ``unbiased = True``: ``decode(privatize(x))`` is unbiased for ``x`` in the input domain
-      (the clip ball / ``[-c, c]``; category ids for frequency oracles): ``check_unbiased`` applies.
-    - Finite-output mechanisms: ``output_pmf(x, *, public=None, **options) -> np.ndarray``, the exact
-      probability of every outcome for one input ``x`` (a category id for frequency oracles, a
-      scalar for per-coordinate mechanisms), given the report's public randomness ``public`` (a
-      hash seed, sampled buckets; ``None`` where there is none) — or a ``[components, outcomes]``
-      table when the report is a product of independent components (the bits of a unary encoding) —
-      and ``report_outcomes(reports) -> (outcome [N] or [N, components] int64, public [N, w] or None)``,
-      which maps ``privatize``'s reports to indices into that pmf. With them ``check_privacy_loss`` computes
-      the privacy loss exactly and verifies by sampling that ``privatize`` follows the pmf.
     """
 
     name: ClassVar[str] = "mechanism"
-    #: ``decode(privatize(x))`` is an unbiased estimate of ``x`` on the input domain (see above).
+    #: the pipeline role (see :data:`MechanismRole`); a class with several lists them in ``roles``
+    role: ClassVar[MechanismRole]
+    #: every role the class's instances can play (set from ``role`` when the class declares one)
+    roles: ClassVar[tuple[MechanismRole, ...]] = ()
+    #: ``decode(privatize(x))`` is an unbiased estimate of ``estimand(x)`` on the input domain.
     unbiased: ClassVar[bool] = False
+    #: different seeds give different reports (``None``: exactly when the guarantee is private)
+    randomized: ClassVar[bool | None] = None
     #: What ``privatize``/``aggregate`` do with a row holding NaN/±Inf (vector mechanisms):
     #: ``"zero"`` — the row is replaced by the zero vector before clipping and counted in
     #: ``nonfinite_replaced`` (keeps the sensitivity bound); ``"raise"`` — ``ValueError``;
     #: ``"n/a"`` — integer input (category ids); ``"undeclared"`` (the base default) fails
     #: ``check_contract``. No mechanism's state may ever become non-finite.
     nonfinite: ClassVar[str] = "undeclared"
+    #: rows replaced under ``nonfinite = "zero"`` so far
+    nonfinite_replaced: int = 0
+    #: capabilities (see the class docstring; each is checked against the members it needs)
+    exact_pmf: ClassVar[bool] = False
+    #: keyword of the report's public randomness in ``output_pmf`` options (None: there is none)
+    public_key: ClassVar[str | None] = None
+    secure_sum: ClassVar[bool] = False
+    stateful: ClassVar[bool] = False
+    binds_layout: ClassVar[bool] = False
+    binds_dim: ClassVar[bool] = False
+    per_participation: ClassVar[bool] = False
+    longitudinal: ClassVar[bool] = False
+    #: the FL protocol the mechanism needs (``"fedsgd"``/``"fedavg"``), or None for either
+    protocol: ClassVar[str | None] = None
+    #: client-side :class:`~privfl.fl.local.LocalSGD` settings the simulation must apply (e.g. DP-BREM's
+    #: per-record clipping); empty: none
+    local_training: ClassVar[dict[str, object]] = {}
+    #: the unit printed beside the mechanism's ε in reports (None: the guarantee's ``unit``)
+    epsilon_unit: ClassVar[str | None] = None
+    #: the noise source can be switched to a CSPRNG with :func:`privfl.secure_rng.with_rng`
+    supports_secure_rng: ClassVar[bool] = False
 
-    def estimand(self, x: Tensor) -> Tensor:
-        """What ``decode(privatize(x))`` is unbiased for (``check_unbiased``'s target): ``x`` itself on
-        the input domain; clipping mechanisms return the clipped input, so the target stays right for
-        inputs outside the clip ball."""
-        return x
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        where = f"mechanism class {cls.__qualname__}"
+        own_role = cls.__dict__.get("role")
+        if isinstance(own_role, str):
+            if own_role not in MECHANISM_ROLES:
+                raise TypeError(f"{where}: role must be one of {', '.join(map(repr, MECHANISM_ROLES))}, "
+                                f"got {own_role!r}")
+            if "roles" not in cls.__dict__:
+                cls.roles = (own_role,)
+        roles = cls.roles
+        if not isinstance(roles, tuple) or any(r not in MECHANISM_ROLES for r in roles):
+            raise TypeError(f"{where}: roles must be a tuple of {', '.join(map(repr, MECHANISM_ROLES))}, "
+                            f"got {roles!r}")
+        role = getattr(cls, "role", None)
+        if isinstance(role, str) and role not in roles:
+            raise TypeError(f"{where}: role {role!r} is not among its roles {roles!r}")
+        if cls.nonfinite not in NONFINITE_POLICIES:
+            raise TypeError(f"{where}: nonfinite must be one of {', '.join(map(repr, NONFINITE_POLICIES))}, "
+                            f"got {cls.nonfinite!r}")
+        if cls.protocol not in (None, "fedavg", "fedsgd"):
+            raise TypeError(f"{where}: protocol must be None, 'fedavg' or 'fedsgd', got {cls.protocol!r}")
+        if cls.public_key is not None and not cls.exact_pmf:
+            raise TypeError(f"{where}: public_key = {cls.public_key!r} names the public randomness of output_pmf, "
+                            "so the class must declare exact_pmf = True")
+        if _is_abstract(cls):
+            return
+        # ---- a concrete class: its declarations must be complete and match what it implements
+        if not roles or not (isinstance(role, str) or isinstance(role, property)):
+            raise TypeError(f"{where} declares no role: set role = one of {', '.join(map(repr, MECHANISM_ROLES))} "
+                            "(or list several in roles and define role as a property)")
+        for flag, members in _CAPABILITY_MEMBERS.items():
+            declared = bool(getattr(cls, flag))
+            present = [m for m in members if _implements(cls, m)]
+            if declared and len(present) != len(members):
+                missing = [m for m in members if m not in present]
+                raise TypeError(f"{where} declares {flag} = True but does not implement {', '.join(missing)}")
+            if not declared and present:
+                raise TypeError(f"{where} implements {', '.join(present)} but does not declare {flag} = True "
+                                f"(declare it so that the simulation, the audits and privfl.testing use "
+                                f"{'them' if len(present) > 1 else 'it'})")
+        if cls.secure_sum and "client-vector" not in roles:
+            raise TypeError(f"{where} declares secure_sum, which only a 'client-vector' mechanism can have "
+                            f"(roles {roles!r})")
+        if "server-noise" in roles and cls.aggregate is Mechanism.aggregate:
+            raise TypeError(f"{where} has the role 'server-noise' but does not implement aggregate() "
+                            "(the server step that releases the noisy sum)")
+        if "frequency-oracle" in roles:
+            if len(roles) > 1:
+                raise TypeError(f"{where}: a frequency oracle (category ids) cannot also have roles {roles!r}")
+            if cls.domain is Mechanism.domain:
+                raise TypeError(f"{where} is a frequency oracle but does not declare domain() "
+                                "(InputDomain.of_categories(k): the categories its guarantee is stated over)")
+            if cls.nonfinite != "n/a":
+                raise TypeError(f"{where}: a frequency oracle takes integer ids: nonfinite must be 'n/a', "
+                                f"got {cls.nonfinite!r}")
+        elif cls.nonfinite == "n/a":
+            raise TypeError(f"{where}: nonfinite = 'n/a' is for integer inputs (frequency oracles); a vector "
+                            "mechanism declares 'zero' or 'raise'")
+
+    # ---- derived from the role ----------------------------------------------------------------
+    @property
+    def central(self) -> bool:
+        """The server step is :meth:`aggregate` (role ``"server-noise"``): it replaces the aggregator,
+        and one release per round concerns every client (amplified by client sampling)."""
+        return self.role == "server-noise"
+
+    @property
+    def input_kind(self) -> str:
+        """``"categories"`` (``[n]`` int64 ids: frequency oracles) or ``"vectors"`` (``[n, d]`` floats)."""
+        return "categories" if self.role == "frequency-oracle" else "vectors"
 
     @property
     def noise_location(self) -> str:
@@ -178,9 +409,36 @@ class Mechanism(Component, ABC):
         and omniscient Byzantine clients read are *not* privatized, so a release that depends on honest
         rows through Byzantine rows is not covered) or ``"client"`` (every row leaving a client is already
         privatized or masked: anything computed from those rows is post-processing). Default: from
-        ``central``."""
+        the role (``"server-noise"`` → ``"server"``)."""
         return "server" if self.central else "client"
 
+    # ---- declared hooks with their defaults ----------------------------------------------------
+    def domain(self) -> InputDomain:
+        """The inputs the guarantee is stated over (see :class:`InputDomain`); default: unbounded."""
+        return InputDomain.unbounded()
+
+    def estimand(self, x: Tensor) -> Tensor:
+        """What ``decode(privatize(x))`` is unbiased for (``check_unbiased``'s target): ``x`` itself on
+        the input domain; clipping mechanisms return the clipped input, so the target stays right for
+        inputs outside the clip ball."""
+        return x
+
+    def report_bytes(self, reports: Tensor) -> float:
+        """Bytes one client sends for its report (default: the report row's storage)."""
+        if reports.dim() > 1:
+            return float(reports[0].numel() * reports.element_size())
+        return float(reports.element_size())
+
+    def reset(self) -> None:
+        """Forget every client's state (``stateful`` mechanisms; the default has none)."""
+
+    def bind_layout(self, layout: Any) -> None:
+        """Adopt the model's :class:`~privfl.flat.ParamLayout` (``binds_layout`` mechanisms; default: nothing)."""
+
+    def bind_dim(self, dim: int) -> None:
+        """Fix the update dimension the guarantee is stated for (``binds_dim`` mechanisms; default: nothing)."""
+
+    # ---- the contract -------------------------------------------------------------------------
     @abstractmethod
     def privatize(
         self, x: Tensor, *, generator: torch.Generator | None = None, client_ids: Tensor | None = None
@@ -195,11 +453,7 @@ class Mechanism(Component, ABC):
     @abstractmethod
     def guarantee(self) -> PrivacyGuarantee: ...
 
-    # ---- optional: central noise and accounting (defaults keep a mechanism purely local) ----
-    #: ``True`` when the server adds the noise once to the sum (DP-FedAvg, DP-BREM): ``privatize``
-    #: only bounds each client's contribution, and :meth:`aggregate` replaces the aggregator.
-    central: bool = False
-
+    # ---- central noise and accounting (defaults keep a mechanism purely local) ----
     def aggregate(
         self,
         reports: Tensor,
@@ -208,7 +462,7 @@ class Mechanism(Component, ABC):
         expected_rows: float | None = None,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        """Central mechanisms: the server step, ``[n, d]`` reports (+ Byzantine rows) → noisy ``[d]``.
+        """Role ``"server-noise"``: the server step, ``[n, d]`` reports (+ Byzantine rows) → noisy ``[d]``.
 
         ``expected_rows`` is the public normaliser (``q·N`` under Poisson client sampling). Called
         every round, also with no participant, so that the release never depends on who took part.

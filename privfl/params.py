@@ -6,6 +6,7 @@ build out-of-range ones that the constructor must reject with an error naming th
 (``privfl.testing.check_contract``), and read the allowed values without opening the code::
 
     class MyMechanism(Mechanism):
+        role = "frequency-oracle"
         param_space = {"eps": Real(0, None, lo_open=True, log=True, typical=(0.1, 8)),
                        "k": Int(2, None, typical=(2, 16)),
                        "mode": Choice("paper", "exact")}

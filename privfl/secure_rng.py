@@ -211,7 +211,7 @@ def with_rng(mechanism, rng: str):
     if not isinstance(mechanism, Mechanism):
         raise TypeError(f"mechanism must be a privfl Mechanism, got {type(mechanism).__name__}")
     check_rng(rng)
-    if rng == "secure" and not getattr(mechanism, "supports_secure_rng", False):
+    if rng == "secure" and not mechanism.supports_secure_rng:
         raise ValueError(f"mechanism {mechanism.name!r} has no secure noise source (only seeded draws); "
                          "secure noise exists for: gaussian, dp-fedavg, rqm")
     out = copy.copy(mechanism)

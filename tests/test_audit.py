@@ -45,6 +45,7 @@ class Laplace(Mechanism):
     """Scalar Laplace mechanism on [0, 1] claiming ε-DP; ``broken=True`` uses scale 1/(2ε) instead of 1/ε."""
 
     name = "laplace-test"
+    role = "client-vector"
 
     def __init__(self, eps: float, broken: bool = False):
         self.eps, self.scale = eps, (0.5 if broken else 1.0) / eps

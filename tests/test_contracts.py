@@ -109,10 +109,11 @@ def test_mechanism_privacy_claim(name):
 @pytest.mark.parametrize("name", [n for n in MECHANISMS if registry.get("mechanism", n).unbiased])
 def test_mechanism_unbiased_claim(name):
     mech = build("mechanism", name)
-    if getattr(mech, "input_kind", "vectors") == "categories":
-        x = torch.arange(min(int(mech.k), 4))
+    domain = mech.domain()  # declared: categories, the clip ball's radius or the box's half-width
+    if domain.categorical:
+        x = torch.arange(min(int(domain.categories), 4))
     else:
-        scale = float(getattr(mech, "c", getattr(mech, "clip_norm", 1.0)))
+        scale = domain.bound if domain.bound is not None else 1.0
         x = 0.5 * scale * torch.linspace(-1, 1, 5, dtype=torch.float64) / math.sqrt(5)
     result = check_unbiased(mech, x, trials=2000)
     assert result.max_abs_z <= result.threshold

@@ -177,6 +177,7 @@ class _ModMechanism(Mechanism):
     (a fresh round per row), read back as the server reads it."""
 
     name = "flower-mod"
+    role = "client-vector"
     unbiased = True
 
     def __init__(self, mod, d):

@@ -19,6 +19,7 @@ class _TestNoise(Mechanism):
     """Test-only defense: i.i.d. N(0, sigma²) added to every coordinate of every row."""
 
     name = "test-noise"
+    role = "client-vector"
 
     def __init__(self, sigma: float = 0.1) -> None:
         self.sigma = float(sigma)

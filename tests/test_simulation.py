@@ -236,6 +236,7 @@ class NoisyMechanism(Mechanism):
     """Adds N(0, sigma²) noise drawn from the given generator; decode is the identity."""
 
     name = "test-noise"
+    role = "client-vector"
 
     def __init__(self, sigma: float = 0.01) -> None:
         self.sigma = sigma

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 import privfl
 from privfl.accounting import pure_guarantee
-from privfl.core import Aggregator, Mechanism, PrivacyGuarantee
+from privfl.core import Aggregator, InputDomain, Mechanism, PrivacyGuarantee
 from privfl.mechanisms.gaussian import GaussianMechanism
 from privfl.mechanisms.ldp import GRR
 from privfl.mechanisms.longitudinal import first_report_epsilon_grr
@@ -126,11 +126,15 @@ class Laplace(Mechanism):
     """Scalar Laplace mechanism on [−c, c] (sensitivity 2c) claiming pure ε; ``scale_factor`` breaks it."""
 
     name = "laplace"
+    role = "client-vector"
     param_space = {"eps": Real(0, None, lo_open=True), "c": Real(0, None, lo_open=True),
                    "scale_factor": Real(0, None, lo_open=True)}
 
     def __init__(self, eps: float = 1.0, c: float = 0.5, scale_factor: float = 1.0):
         self.eps, self.c, self.scale_factor = eps, c, scale_factor
+
+    def domain(self) -> InputDomain:
+        return InputDomain.box(self.c)
 
     def privatize(self, x, *, generator=None, client_ids=None):
         u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device) - 0.5

@@ -74,7 +74,7 @@ from scipy.special import logsumexp
 from scipy.stats import binom
 
 from privfl.accounting.analysis import check_orders
-from privfl.core import Mechanism, check_updates
+from privfl.core import InputDomain, Mechanism, check_updates
 
 __all__ = [
     "rounded_l2_bound",
@@ -410,17 +410,21 @@ class SecureSum(Mechanism):
     """
 
     name = "secure-sum"
+    role = "client-vector"
+    exact_pmf = True  # the convolution of the clients' pmfs (pbm, rqm; NotImplementedError otherwise)
 
     def __init__(self, mechanism, others) -> None:
-        if not all(hasattr(mechanism, a) for a in ("sum_guarantee", "decode_sum", "sum_bits")):
-            raise TypeError(f"mechanism must be a secure-aggregation mechanism (pbm, rqm, ddg, skellam), got "
-                            f"{type(mechanism).__name__}")
+        if not isinstance(mechanism, Mechanism) or not mechanism.secure_sum:
+            raise TypeError(f"mechanism must be a secure-aggregation mechanism (secure_sum: pbm, rqm, ddg, "
+                            f"skellam), got {type(mechanism).__name__}")
         self.mechanism = mechanism
         self.others = others
         self.n = 1 + (len(others) if not hasattr(others, "shape") else int(others.shape[0]))
-        self.c = getattr(mechanism, "c", getattr(mechanism, "clip_norm", None))
-        self.clip_norm = getattr(mechanism, "clip_norm", None)
         self.modulus = getattr(mechanism, "modulus", None)
+
+    def domain(self) -> InputDomain:
+        """Client 1's input domain: the wrapped mechanism's."""
+        return self.mechanism.domain()
 
     def _others_rows(self, d: int, like):
         if hasattr(self.others, "shape"):
@@ -443,7 +447,7 @@ class SecureSum(Mechanism):
         return self.mechanism.decode_sum(reports, self.n)
 
     def output_pmf(self, x: float) -> np.ndarray:
-        if not callable(getattr(self.mechanism, "output_pmf", None)) or hasattr(self.others, "shape"):
+        if not self.mechanism.exact_pmf or hasattr(self.others, "shape"):
             raise NotImplementedError("exact pmf of the sum: pbm and rqm with scalar inputs only")
         pmf = np.asarray(self.mechanism.output_pmf(float(x)))
         for v in self.others:

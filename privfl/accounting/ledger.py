@@ -83,8 +83,7 @@ def threat_model_warning(mechanism: Any, attack: Any, *, byzantine: bool = True)
         return None
     if getattr(attack, "knowledge", "omniscient") != "omniscient":
         return None
-    location = getattr(mechanism, "noise_location", "server" if getattr(mechanism, "central", False) else "client")
-    if location != "server" or not mechanism.guarantee().is_private:
+    if mechanism.noise_location != "server" or not mechanism.guarantee().is_private:
         return None
     name = getattr(attack, "name", type(attack).__name__)
     return (f"{NOT_A_GUARANTEE} (the omniscient attack {name!r} reads them and {mechanism.name!r} adds its noise "

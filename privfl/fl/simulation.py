@@ -30,9 +30,11 @@ One round, in order:
    participating client when ``local.dp_noise > 0``. Each round's record carries ε(``delta``) by
    the ``accounting`` method (the largest over the privacy units in play).
 
-A mechanism may also declare ``protocol`` (the FL protocol it needs) and ``local_training`` (client
-settings it needs, e.g. DP-BREM's per-record clipping), which the simulation applies, and
-``bind_layout(layout)`` (per-tensor compressors).
+The simulation reads only what a mechanism declares (:class:`privfl.core.Mechanism`): its ``role``
+(``central`` follows from it), ``protocol`` (the FL protocol it needs) and ``local_training`` (client
+settings it needs, e.g. DP-BREM's per-record clipping), which it applies, ``binds_layout``
+(per-tensor compressors get ``bind_layout(layout)``), ``secure_sum`` (for ``secure_aggregation``) and
+``report_bytes`` (the bytes sent).
 
 An **observation hook** records, for chosen (round, client) pairs, exactly what a curious
 server sees (:class:`privfl.core.Observation`), with the ground truth kept beside it for scoring.
@@ -210,6 +212,10 @@ class FederatedSimulation:
             raise TypeError(f"dataset must be a privfl Dataset, got {type(self.dataset).__name__}")
         if len(self.clients) < 1:
             raise ValueError("clients must hold at least one client's index tensor")
+        if self.mechanism is not None and not isinstance(self.mechanism, Mechanism):
+            raise TypeError(f"mechanism must be a privfl Mechanism or None, got {type(self.mechanism).__name__}")
+        if self.aggregator is not None and not isinstance(self.aggregator, Aggregator):
+            raise TypeError(f"aggregator must be a privfl Aggregator or None, got {type(self.aggregator).__name__}")
         if self.protocol not in ("fedavg", "fedsgd"):
             raise ValueError(f"protocol must be 'fedavg' or 'fedsgd', got {self.protocol!r}")
         if not (0.0 < self.sample_rate <= 1.0):
@@ -243,17 +249,17 @@ class FederatedSimulation:
         mech = self.mechanism
         if mech is None:
             return
-        needed = getattr(mech, "protocol", None)
+        needed = mech.protocol
         if needed is not None and needed != self.protocol:
             raise ValueError(f"mechanism {mech.name!r} needs protocol={needed!r}, got protocol={self.protocol!r}")
-        overrides = getattr(mech, "local_training", None)
+        overrides = mech.local_training
         if overrides:
             self.local = dataclasses.replace(self.local, **overrides)
 
     def _check_privacy_setup(self) -> None:
         mech = self.mechanism
-        if mech is not None and getattr(mech, "central", False):
-            if self.preaggregators or not getattr(self.aggregator, "plain_mean", False):
+        if mech is not None and mech.central:
+            if self.preaggregators or not self.aggregator.plain_mean:
                 raise ValueError(
                     f"mechanism {mech.name!r} is central: its aggregate() is the server rule (noise on the sum), "
                     "so aggregator must be 'mean' and preaggregators empty"
@@ -263,7 +269,7 @@ class FederatedSimulation:
         if self.local.dp and not self._use_vmap:
             raise ValueError("DP-SGD (dp_clip) needs per-sample gradients, which a model with BatchNorm does not "
                              "have; use a model without BatchNorm")
-        if mech is not None and hasattr(mech, "bind_layout"):
+        if mech is not None and mech.binds_layout:
             mech.bind_layout(self.layout)
         if self.ledger is None and (mech is not None or self.local.dp_noise > 0):
             self.ledger = PrivacyLedger()
@@ -275,11 +281,10 @@ class FederatedSimulation:
 
     def _check_secure_aggregation(self) -> None:
         mech = self.mechanism
-        needed = ("sum_guarantee", "decode_sum", "sum_bits")
-        if mech is None or getattr(mech, "central", False) or not all(hasattr(mech, a) for a in needed):
-            raise ValueError(f"secure_aggregation needs a local mechanism with {', '.join(needed)} (pbm, rqm, ddg, "
-                             f"skellam), got {getattr(mech, 'name', None)!r}")
-        if self.preaggregators or not getattr(self.aggregator, "plain_mean", False):
+        if mech is None or not mech.secure_sum:
+            raise ValueError(f"secure_aggregation needs a mechanism that declares secure_sum (sum_guarantee, "
+                             f"decode_sum, sum_bits: pbm, rqm, ddg, skellam), got {mech.name if mech else None!r}")
+        if self.preaggregators or not self.aggregator.plain_mean:
             raise ValueError("secure_aggregation reveals only the sum: aggregator must be 'mean', no preaggregators")
         if isinstance(self.byzantine_attack, ByzantineAttack):
             raise ValueError("secure_aggregation hides the honest rows, which omniscient Byzantine attacks read; "
@@ -356,7 +361,7 @@ class FederatedSimulation:
         omniscient = isinstance(self.byzantine_attack, ByzantineAttack)
         workers = ids[~byz_mask] if omniscient else ids  # data poisoners follow the protocol
         bytes_per_client = 0.0
-        central = self.mechanism is not None and getattr(self.mechanism, "central", False)
+        central = self.mechanism is not None and self.mechanism.central
         if len(ids) == 0:
             if central:  # the noisy release happens whoever was sampled
                 self._central_update(t, torch.empty(0, self.layout.dim, device=self.device), None, 0)
@@ -378,12 +383,7 @@ class FederatedSimulation:
                     generator=make_generator(self.seed, "mechanism", t, device=self.device),
                     client_ids=workers,
                 )
-                if hasattr(self.mechanism, "report_bytes"):
-                    bytes_per_client = float(self.mechanism.report_bytes(reports))
-                else:
-                    bytes_per_client = reports[0].numel() * reports.element_size() if reports.dim() > 1 else (
-                        reports.element_size()
-                    )
+                bytes_per_client = float(self.mechanism.report_bytes(reports))
                 if self.secure_aggregation:
                     return self._secure_round(t, workers, reports, len(ids), int(byz_mask.sum()),
                                               float(bytes_per_client), start)
@@ -434,7 +434,7 @@ class FederatedSimulation:
         """What the model-poisoning attack may read, by its declared ``knowledge``: the honest rows
         (``"omniscient"``), every Byzantine client's own honest update (``"own-data"``: local work on
         its own data from the public model, then worker momentum) or a zero matrix (``"public"``)."""
-        knowledge = getattr(self.byzantine_attack, "knowledge", "omniscient")
+        knowledge = self.byzantine_attack.knowledge
         if knowledge == "own-data":
             own = torch.tensor(self._byz, dtype=torch.int64)
             return self._apply_worker_momentum(own, self._local_updates(own, t))

@@ -189,7 +189,7 @@ def local_mechanism_mod(
     mech = privfl.make("mechanism", mechanism, **params) if isinstance(mechanism, str) else mechanism
     if not isinstance(mech, Mechanism):
         raise TypeError(f"mechanism must be a privfl Mechanism or a registered name, got {type(mechanism).__name__}")
-    if getattr(mech, "central", False):
+    if mech.central:
         raise ValueError(f"mechanism {mech.name!r} is central (the server adds its noise); pass it to "
                          "PrivflStrategy(central_mechanism=...) or construct it with local=True")
     check_rng(rng)
@@ -458,19 +458,19 @@ class PrivflStrategy(FedAvg):
         self.central = None
         if central_mechanism is not None:
             mech = _build("mechanism", central_mechanism, central_params, Mechanism)
-            if not getattr(mech, "central", False):
+            if not mech.central:
                 raise ValueError(f"central_mechanism {mech.name!r} is local; apply it on the clients with "
                                  "local_mechanism_mod and pass it here as client_mechanism")
-            if getattr(mech, "local_training", None) or getattr(mech, "protocol", None) not in (None, "fedavg"):
+            if mech.local_training or mech.protocol not in (None, "fedavg"):
                 raise ValueError(f"central_mechanism {mech.name!r} needs client-side training settings "
-                                 f"({getattr(mech, 'local_training', None) or mech.protocol}) that a server strategy "
+                                 f"({mech.local_training or mech.protocol}) that a server strategy "
                                  "cannot impose on Flower clients; use it in privfl's simulator")
             if self.preaggregators or self.aggregator.name != "mean":
                 raise ValueError("a central mechanism is the server rule (noise on the sum): aggregator must be "
                                  "'mean' and preaggregators empty")
             self.central = with_rng(mech, rng)
         if client_mechanism is not None:
-            if not isinstance(client_mechanism, Mechanism) or getattr(client_mechanism, "central", False):
+            if not isinstance(client_mechanism, Mechanism) or client_mechanism.central:
                 raise TypeError("client_mechanism must be a local privfl Mechanism (the one the clients' mod applies)")
             client_mechanism = with_rng(client_mechanism, rng)
         if weighted and (self.preaggregators or self.aggregator.name != "mean" or self.central is not None):

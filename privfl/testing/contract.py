@@ -224,17 +224,18 @@ def _vector_input(n: int, d: int, dtype: torch.dtype, device: torch.device, seed
 
 
 def _mechanism_input(mech: Mechanism, n: int, d: int, dtype: torch.dtype, device: torch.device, seed: int) -> Tensor:
-    if getattr(mech, "input_kind", "vectors") == "categories":
+    domain = mech.domain()
+    if domain.categorical:
         g = torch.Generator().manual_seed(seed)
-        return torch.randint(0, int(mech.k), (n,), generator=g).to(device)
-    scale = float(getattr(mech, "c", getattr(mech, "clip_norm", 1.0)))
+        return torch.randint(0, int(domain.categories), (n,), generator=g).to(device)
+    scale = domain.bound if domain.bound is not None else 1.0
     return _vector_input(n, d, dtype, device, seed, scale)
 
 
 def _randomized(mech: Mechanism, x: Tensor | None = None) -> bool:
     """Randomized: declared (``randomized = True``), private, or unbiased yet not the identity on ``x`` (a
     deterministic unbiased estimator is the identity, so a lossy unbiased one must draw randomness)."""
-    declared = getattr(mech, "randomized", None)
+    declared = mech.randomized
     if declared is not None:
         return bool(declared)
     try:
@@ -242,7 +243,7 @@ def _randomized(mech: Mechanism, x: Tensor | None = None) -> bool:
             return True
     except Exception:  # noqa: BLE001 - a broken guarantee is reported by the privacy checks
         return False
-    if x is None or not getattr(mech, "unbiased", False) or getattr(mech, "input_kind", "vectors") != "vectors":
+    if x is None or not mech.unbiased or mech.input_kind != "vectors":
         return False
     try:
         m = copy.deepcopy(mech)
@@ -259,8 +260,8 @@ def _check_nonfinite_policy(mech: Mechanism, chk: _Checker, x: Tensor, device: t
     """The declared non-finite policy holds: ``"zero"`` — a NaN row and an Inf row give finite reports (and a
     finite server step with a NaN Byzantine row, for central mechanisms) and are counted; ``"raise"`` —
     ``ValueError``; ``"n/a"`` — only for integer inputs."""
-    policy = getattr(mech, "nonfinite", "undeclared")
-    categorical = getattr(mech, "input_kind", "vectors") == "categories"
+    policy = mech.nonfinite
+    categorical = mech.input_kind == "categories"
     chk.expect(policy in NONFINITE_POLICIES and (policy == "n/a") == categorical, "non-finite policy declared",
                f"nonfinite = {policy!r}; declare 'zero' (replace a NaN/Inf row by 0 before clipping, count it) or "
                "'raise' (ValueError) for vector mechanisms, 'n/a' for integer inputs")
@@ -281,14 +282,14 @@ def _check_nonfinite_policy(mech: Mechanism, chk: _Checker, x: Tensor, device: t
         finite = bool(torch.isfinite(decoded).all()) if decoded.is_floating_point() else True
         chk.expect(finite, "non-finite policy holds", "privatize(a NaN row) gave non-finite reports under "
                    "nonfinite='zero'")
-        if getattr(m, "central", False):
+        if m.central:
             byz = torch.full((1, x.shape[1]), float("nan"), dtype=x.dtype, device=x.device)
             for _ in range(2):  # twice: the state after a faulty round must stay finite
                 a = m.aggregate(reports, byzantine=byz, expected_rows=float(reports.shape[0] + 1),
                                 generator=_gen(device, seed + 1))
             chk.expect(bool(torch.isfinite(a).all()), "non-finite policy holds",
                        "aggregate with a NaN Byzantine row gave a non-finite release under nonfinite='zero'")
-        count = getattr(m, "nonfinite_replaced", None)
+        count = m.nonfinite_replaced
         chk.expect(isinstance(count, int) and count >= 2, "non-finite rows counted",
                    f"nonfinite_replaced = {count!r} after replacing at least 2 rows")
     except Exception as exc:  # noqa: BLE001
@@ -298,10 +299,10 @@ def _check_nonfinite_policy(mech: Mechanism, chk: _Checker, x: Tensor, device: t
 
 def _check_mechanism(mech: Mechanism, chk: _Checker, *, n: int, d: int, dtypes: Sequence[torch.dtype],
                      device: torch.device, seed: int, randomized: bool | None) -> None:
-    categorical = getattr(mech, "input_kind", "vectors") == "categories"
+    categorical = mech.input_kind == "categories"
     probe = None if categorical else _mechanism_input(mech, n, d, dtypes[0], device, seed)
     randomized = _randomized(mech, probe) if randomized is None else randomized
-    central = bool(getattr(mech, "central", False))
+    central = mech.central
     _check_nonfinite_policy(mech, chk, probe if probe is not None else torch.zeros(0), device, seed)
     for dtype in ([torch.int64] if categorical else list(dtypes)):
         x = _mechanism_input(mech, n, d, dtype, device, seed)

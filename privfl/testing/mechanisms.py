@@ -72,19 +72,18 @@ def _unbiased_draws(mechanism: Mechanism, x: Tensor, trials: int, seed: int) -> 
     """(decoded draws ``[trials·m, d]`` as float64, the default target)."""
     g = torch.Generator(device=x.device).manual_seed(seed)
     fresh = copy.deepcopy(mechanism)  # stateful mechanisms: every draw is a fresh user, the caller's object untouched
-    if getattr(mechanism, "input_kind", "vectors") == "categories":
+    if mechanism.role == "frequency-oracle":
         if x.dim() != 1 or x.dtype != torch.int64:
             raise ValueError(f"x must be a [m] int64 tensor of category ids for {mechanism.name}, got "
                              f"{x.dtype} shape {tuple(x.shape)}")
         values = x.repeat(trials)
         out = fresh.decode(fresh.privatize(values, generator=g)).to(torch.float64)
-        onehot = torch.nn.functional.one_hot(x, int(mechanism.k)).to(torch.float64).mean(dim=0)
+        onehot = torch.nn.functional.one_hot(x, int(mechanism.domain().categories)).to(torch.float64).mean(dim=0)
         return out.reshape(trials, x.shape[0], -1).mean(dim=1), onehot
     if x.dim() != 1:
         raise ValueError(f"x must be one input row of shape [d], got shape {tuple(x.shape)}")
     rows = x.unsqueeze(0).expand(trials, -1).contiguous()
-    estimand = getattr(mechanism, "estimand", None)
-    target = estimand(x.unsqueeze(0))[0] if callable(estimand) else x
+    target = mechanism.estimand(x.unsqueeze(0))[0]
     return fresh.decode(fresh.privatize(rows, generator=g)).to(torch.float64), target.to(torch.float64)
 
 

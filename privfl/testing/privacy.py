@@ -32,10 +32,10 @@
    check always tests the pmf of what ``privatize`` releases (no options).
 
 **Empirical path** (no finite pmf): a threshold tester on samples of the mechanism's output for the
-neighbouring inputs ``x = +C·e₁`` and ``x' = −C·e₁`` (``C`` the mechanism's ``clip_norm`` or ``c``;
+neighbouring inputs ``x = +C·e₁`` and ``x' = −C·e₁`` (``C`` the bound of the mechanism's declared ``domain()``;
 replace-one, the worst pair of the clip ball; or ``inputs=(x, x')``), scored by the projection on
 ``x − x'``; and by default (``far=True``) also on pairs **far outside the domain**, ``±10C·e₁``
-and, for an ℓ2 clip (``clip_norm``), ``±10C·u`` for a random unit ``u`` in 8 dimensions — inside the
+and, for an ℓ2 clip ball, ``±10C·u`` for a random unit ``u`` in 8 dimensions — inside the
 clip ball a mechanism that never clips is indistinguishable from a correct one, outside it is not.
 The ε lower bound is the audits' Clopper–Pearson bound
 (:func:`privfl.accounting.empirical.epsilon_lower_bound`: threshold chosen on a held-out half) at
@@ -132,13 +132,13 @@ class PrivacyLossResult:
 # Helpers
 # --------------------------------------------------------------------------------------------
 def has_output_pmf(mechanism: Mechanism, inputs: Sequence[Any] | None = None) -> bool:
-    """Whether the mechanism exposes exact output pmfs (``output_pmf`` that works and ``report_outcomes``).
+    """Whether the mechanism declares exact output pmfs (``exact_pmf``: ``output_pmf`` and ``report_outcomes``)
+    and its ``output_pmf`` works for these parameters (a wrapper may raise ``NotImplementedError``).
 
     A pmf that cannot be enumerated for these parameters (e.g. a unary encoding with k > 12: 2^k
     outcomes) raises its own ``ValueError``, which is passed on rather than silently falling back.
     """
-    if not callable(getattr(mechanism, "output_pmf", None)) or not callable(getattr(mechanism, "report_outcomes",
-                                                                                   None)):
+    if not mechanism.exact_pmf:
         return False
     try:
         x0 = (default_inputs(mechanism) if inputs is None else list(inputs))[0]
@@ -149,18 +149,19 @@ def has_output_pmf(mechanism: Mechanism, inputs: Sequence[Any] | None = None) ->
 
 
 def _categorical(mechanism: Mechanism) -> bool:
-    return getattr(mechanism, "input_kind", "vectors") == "categories"
+    return mechanism.role == "frequency-oracle"
 
 
 def default_inputs(mechanism: Mechanism) -> list[Any]:
-    """Category ids ``0..min(k, 64)-1`` (frequency oracles) or 41 scalars evenly spaced in ``[-c, c]``."""
-    if _categorical(mechanism):
-        return list(range(min(int(mechanism.k), MAX_CATEGORIES)))
-    c = getattr(mechanism, "c", None)
-    if c is None:
-        raise ValueError(f"{mechanism.name}: no default inputs (no category count k and no clip range c); "
+    """From the declared :meth:`~privfl.core.Mechanism.domain`: category ids ``0..min(k, 64)-1``, or 41
+    scalars evenly spaced in ``[-b, b]`` (``b`` the domain's bound: ``c`` of a box, the clip radius)."""
+    domain = mechanism.domain()
+    if domain.categorical:
+        return list(range(min(int(domain.categories), MAX_CATEGORIES)))
+    if domain.bound is None:
+        raise ValueError(f"{mechanism.name}: no default inputs (its input domain is {domain.kind}); "
                          "pass inputs=[...]")
-    return [float(v) for v in np.linspace(-float(c), float(c), GRID_POINTS)]
+    return [float(v) for v in np.linspace(-domain.bound, domain.bound, GRID_POINTS)]
 
 
 def claimed_epsilon(mechanism: Mechanism, delta: float) -> float:
@@ -184,7 +185,7 @@ def _batch(mechanism: Mechanism, x: Any, n: int, device: torch.device) -> Tensor
 
 def _draw_reports(mechanism: Mechanism, x: Any, n: int, seed: int, device: torch.device) -> Tensor:
     fresh = copy.deepcopy(mechanism)  # stateful mechanisms: fresh users, no side effect on the caller's object
-    if hasattr(fresh, "reset"):
+    if fresh.stateful:
         fresh.reset()
     gen = torch.Generator(device=device).manual_seed(seed)
     return fresh.privatize(_batch(mechanism, x, n, device), generator=gen)
@@ -384,8 +385,8 @@ FAR_DIM = 8
 
 
 def _domain_bound(mechanism: Mechanism) -> float | None:
-    c = getattr(mechanism, "clip_norm", getattr(mechanism, "c", None))
-    return float(c) if isinstance(c, (int, float)) and math.isfinite(c) and c > 0 else None
+    """The declared domain's bound (clip radius, box half-width); None for categories or unbounded."""
+    return mechanism.domain().bound
 
 
 def _empirical_pairs(mechanism: Mechanism, inputs: Sequence[Any] | None, far: bool,
@@ -400,12 +401,13 @@ def _empirical_pairs(mechanism: Mechanism, inputs: Sequence[Any] | None, far: bo
         return [("caller's pair", x, xp)]
     c = _domain_bound(mechanism)
     if c is None:
-        raise ValueError(f"{mechanism.name}: no clip_norm or c to build the worst pair; pass inputs=(x, x_prime)")
+        raise ValueError(f"{mechanism.name}: its input domain is {mechanism.domain().kind}, with no bound to build "
+                         "the worst pair from; pass inputs=(x, x_prime)")
     e1 = torch.tensor([c], dtype=torch.float64)
     pairs = [("±C·e1", e1, -e1)]
     if far:
         pairs.append((f"±{FAR:g}C·e1 (outside the domain)", FAR * e1, -FAR * e1))
-        if getattr(mechanism, "clip_norm", None) is not None:  # an ℓ2 ball: any direction is a worst case
+        if mechanism.domain().kind == "l2-ball":  # any direction is a worst case
             u = torch.randn(FAR_DIM, generator=torch.Generator().manual_seed(seed + 4242), dtype=torch.float64)
             u = FAR * c * u / u.norm()
             pairs.append((f"±{FAR:g}C·u, random u in {FAR_DIM} dims (outside the domain)", u, -u))
@@ -417,7 +419,7 @@ def _scores(mechanism: Mechanism, x: Tensor, direction: Tensor, n: int, seed: in
     fresh = copy.deepcopy(mechanism)
     gen = torch.Generator(device=device).manual_seed(seed)
     direction = direction.to(device)
-    if getattr(fresh, "central", False):  # add/remove: the release with the row vs without it
+    if fresh.central:  # add/remove: the release with the row vs without it
         out = []
         row = x.to(device).reshape(1, -1)
         for _ in range(n):
@@ -479,7 +481,7 @@ def check_privacy_loss(
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
     eps, delta = float(eps), float(delta)
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    name = str(getattr(mechanism, "name", type(mechanism).__name__))
+    name = str(mechanism.name)
     failures: list[str] = []
     if has_output_pmf(mechanism, inputs):
         grid = list(default_inputs(mechanism) if inputs is None else inputs)
@@ -515,7 +517,7 @@ def check_privacy_loss(
                                 f"{', outcomes ranked within their public draw' if sc.ranked else ''})")
     else:
         pairs = _empirical_pairs(mechanism, inputs, far, seed)
-        central = bool(getattr(mechanism, "central", False))
+        central = mechanism.central
         n = samples or (2_000 if central else 100_000)
         level = 1.0 - (1.0 - confidence) / len(pairs)  # Bonferroni: the family keeps 1 − confidence
         result = None

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from privfl import registry
+from privfl.core import Mechanism
 from privfl.params import params_strategy, space_of
 from privfl.testing.robustness import adversarial_sets, update_matrices
 
@@ -69,6 +70,11 @@ def mechanism_params(name: str, **fixed: Any):
     return component_params("mechanism", name, **fixed)
 
 
+def _roles(factory: Any) -> tuple[str, ...]:
+    """The roles a registered mechanism class declares (a factory function declares none)."""
+    return factory.roles if isinstance(factory, type) and issubclass(factory, Mechanism) else ()
+
+
 def mechanisms(names: Sequence[str] | None = None, *, input_kind: str | None = None, private_only: bool = False):
     """Strategy: ``(name, mechanism)`` for registered mechanisms (``names`` to restrict; ``input_kind``
     ``"categories"`` or ``"vectors"`` to pick frequency oracles or vector mechanisms; ``private_only``
@@ -78,8 +84,7 @@ def mechanisms(names: Sequence[str] | None = None, *, input_kind: str | None = N
     if input_kind is not None:
         if input_kind not in ("categories", "vectors"):
             raise ValueError(f"input_kind must be 'categories', 'vectors' or None, got {input_kind!r}")
-        pool = [n for n in pool
-                if (getattr(registry.get("mechanism", n), "input_kind", "vectors") == "categories")
+        pool = [n for n in pool if ("frequency-oracle" in _roles(registry.get("mechanism", n)))
                 == (input_kind == "categories")]
     if not pool:
         raise ValueError("no registered mechanism matches the selection")
