@@ -29,6 +29,7 @@ from torch.func import functional_call, grad, vmap
 from privfl.core import Observation
 from privfl.flat import ParamLayout, layout_of, supports_vmap
 from privfl.params import Choice, Int, Real
+from privfl.progress import ProgressLog
 
 __all__ = [
     "Problem",
@@ -333,21 +334,30 @@ def milestones(iterations: int) -> list[int]:
     return sorted({max(1, (iterations * k) // 8) for k in (3, 5, 7)})
 
 
+def adam_progress(variables: Sequence[Variable], iterations: int, attack: str) -> ProgressLog:
+    """Throttled progress lines of an Adam loop on the ``privfl.attacks`` logger."""
+    trials = variables[0].tensor.shape[0] if variables and variables[0].tensor.dim() else 1
+    return ProgressLog("privfl.attacks", f"{attack}: Adam on {trials} trial(s) at once", iterations,
+                       unit="iterations")
+
+
 def run_adam(
     variables: Sequence[Variable],
     objective: Callable[[], Tensor],
     *,
     iterations: int,
     lr_decay: bool,
+    attack: str = "gradient inversion",
 ) -> dict[str, float]:
     """Minimise ``objective() -> [T]`` (summed) with one Adam per variable; returns timing facts.
     On CUDA with ``PRIVFL_CUDA_GRAPHS=1``: the same iteration replayed from a CUDA graph
-    (:mod:`privfl.attacks._graphed`)."""
+    (:mod:`privfl.attacks._graphed`). Progress: :func:`adam_progress` (``attack`` names the lines)."""
     from privfl.attacks._graphed import graphs_enabled, run_adam_static
 
+    progress = adam_progress(variables, iterations, attack)
     if graphs_enabled([v.tensor for v in variables]):
         return run_adam_static(variables, objective, iterations=iterations, lr_decay=lr_decay,
-                               milestones=milestones(iterations), capture=True)
+                               milestones=milestones(iterations), capture=True, progress=progress)
     opts = [torch.optim.Adam([v.tensor], lr=v.lr) for v in variables]
     scheds = [torch.optim.lr_scheduler.MultiStepLR(o, milestones=milestones(iterations), gamma=0.1) for o in opts]
     # CUDA kernels run asynchronously: without a synchronisation the times below would count launches only
@@ -355,7 +365,7 @@ def run_adam(
     for dev in cuda:
         torch.cuda.synchronize(dev)
     start = time.perf_counter()
-    for _ in range(iterations):
+    for it in range(iterations):
         # Gradients for the optimised tensors only (not for the model's parameters).
         grads = torch.autograd.grad(objective().sum(), [v.tensor for v in variables], allow_unused=True)
         for v, o, g in zip(variables, opts, grads):
@@ -366,6 +376,8 @@ def run_adam(
         if lr_decay:
             for s in scheds:
                 s.step()
+        progress.update(it + 1)
+    progress.finish()
     for dev in cuda:
         torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - start

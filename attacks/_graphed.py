@@ -24,6 +24,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from privfl.progress import ProgressLog
+
 __all__ = ["run_adam_static", "graphs_enabled"]
 
 WARMUP = 3  # eager iterations on a side stream before capture (cuDNN autotuning, allocator warm-up)
@@ -42,10 +44,11 @@ def run_adam_static(
     lr_decay: bool,
     milestones: Sequence[int],
     capture: bool | None = None,
+    progress: ProgressLog | None = None,
 ) -> dict[str, float]:
     """Minimise ``objective() -> [T]`` (summed) with one Adam per variable, as ``run_adam`` does (step decay
     ×0.1 at ``milestones`` when ``lr_decay``). ``capture``: replay a CUDA graph of the iteration (default:
-    when every variable is on CUDA)."""
+    when every variable is on CUDA). ``progress``: a :class:`~privfl.progress.ProgressLog` told each iteration."""
     tensors = [v.tensor for v in variables]
     device = tensors[0].device
     if capture is None:
@@ -66,10 +69,14 @@ def run_adam_static(
                 with torch.no_grad():
                     v.project(v.tensor)
 
+    if progress is None:
+        progress = ProgressLog("privfl.attacks", "Adam (CUDA graph)", iterations, unit="iterations")
+
     def after(i: int) -> None:  # iteration i (1-based) done: the scheduler's step
         if i in decay_at:
             for lr in lrs:
                 lr.mul_(0.1)
+        progress.update(i)  # (host clock only: no synchronisation)
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -97,6 +104,7 @@ def run_adam_static(
             body()
             done += 1
             after(done)
+    progress.finish()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start

@@ -58,6 +58,7 @@ from privfl.attacks._common import (
 from privfl.attacks.label_recovery import LABEL_STRATEGY, as_strategy, labels_for
 from privfl.core import Observation, PrivacyAttack, Reconstruction
 from privfl.params import Int, check_generator
+from privfl.progress import ProgressLog
 from privfl.registry import register
 
 __all__ = ["DLG"]
@@ -130,12 +131,16 @@ class DLG(PrivacyAttack):
         start = time.perf_counter()
         evaluations = 0
         restart_losses = []
+        progress = ProgressLog("privfl.attacks", f"{self.name}: {V} victim(s) × {self.restarts} restart(s)",
+                               V * self.restarts * self.iterations, unit="L-BFGS steps")
         for v in range(V):
             best = None
-            for _ in range(self.restarts):  # restarts scored by the attack loss
+            for r in range(self.restarts):  # restarts scored by the attack loss
                 x0 = normal((N, *problem.input_shape), generator, targets)
                 y0 = normal((N, C), generator, targets) if joint else None
-                trial = self._solve(problem, x0, y0, None if joint else labels[v], targets[v])
+                step = (v * self.restarts + r) * self.iterations
+                trial = self._solve(problem, x0, y0, None if joint else labels[v], targets[v],
+                                    lambda it, step=step: progress.update(step + it))
                 evaluations += trial[3]
                 restart_losses.append(float(trial[2]))
                 if best is None or float(trial[2]) < float(best[2]):
@@ -148,6 +153,7 @@ class DLG(PrivacyAttack):
                 ys.append(y_soft.argmax(dim=-1))
             else:
                 ys.append(labels[v])
+        progress.finish()
         seconds = time.perf_counter() - start
         extra = {
             "label_source": source,
@@ -162,7 +168,8 @@ class DLG(PrivacyAttack):
         out = pack_reconstruction(problem, torch.stack(xs), torch.stack(ys), torch.stack(losses), extra)
         return Reconstruction(**out)
 
-    def _solve(self, problem: Problem, x0: Tensor, y0: Tensor | None, labels: Tensor | None, target: Tensor):
+    def _solve(self, problem: Problem, x0: Tensor, y0: Tensor | None, labels: Tensor | None, target: Tensor,
+               on_step=None):
         x = x0.clone().requires_grad_(True)
         variables = [x]
         y = None
@@ -199,8 +206,10 @@ class DLG(PrivacyAttack):
                 best.update(loss=value, x=x.detach().clone(), y=None if y is None else y.detach().clone())
             return loss
 
-        for _ in range(self.iterations):
+        for it in range(self.iterations):
             loss = opt.step(closure)
+            if on_step is not None:
+                on_step(it + 1)
             if not math.isfinite(float(loss.detach())) or not bool(torch.isfinite(x).all()):
                 break
             if best["loss"] == 0.0:

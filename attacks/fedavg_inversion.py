@@ -164,7 +164,7 @@ class FedAvgInversion(AdamOptions, PrivacyAttack):
 
         timing = run_adam(
             [Variable(X, self.lr, signed=self.signed, project=problem.project if self.boxed else None)],
-            objective, iterations=self.iterations, lr_decay=self.lr_decay,
+            objective, iterations=self.iterations, lr_decay=self.lr_decay, attack=self.name,
         )
         with torch.enable_grad():
             losses = objective().detach()

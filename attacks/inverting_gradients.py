@@ -152,7 +152,7 @@ class InvertingGradients(AdamOptions, PrivacyAttack):
         project = problem.project if self.boxed else None
         timing = run_adam(
             [Variable(X, self.lr, signed=self.signed, project=project)],
-            objective, iterations=self.iterations, lr_decay=self.lr_decay,
+            objective, iterations=self.iterations, lr_decay=self.lr_decay, attack=self.name,
         )
         with torch.enable_grad():
             losses = objective().detach()

@@ -66,6 +66,7 @@ from privfl.core import Component, Observation
 from privfl.fl.local import LocalSGD, plan_batches, train_vmap
 from privfl.flat import ParamLayout, flatten, layout_of, unflatten
 from privfl.params import Choice, Int, Real
+from privfl.progress import ProgressLog
 from privfl.registry import register
 
 __all__ = [
@@ -538,7 +539,11 @@ def train_reference_models(
         raise ValueError(f"init must have shape {(S, layout.dim)}, got {tuple(init.shape)}")
     clients = [torch.nonzero(members[s].cpu()).flatten() for s in range(S)]
     plan = plan_batches(clients, opt, generator=generator)
-    return train_vmap(model, layout, init.to(x), x, y, plan, opt, chunk=chunk, noise_generator=noise_generator)
+    progress = ProgressLog("privfl.attacks", f"membership: training {S} reference models", opt.steps)
+    W = train_vmap(model, layout, init.to(x), x, y, plan, opt, chunk=chunk, noise_generator=noise_generator,
+                   progress=progress.update)
+    progress.finish()
+    return W
 
 
 @torch.no_grad()

@@ -149,7 +149,8 @@ class SME(AdamOptions, PrivacyAttack):
         variables = [Variable(X, self.lr, signed=self.signed, project=problem.project if self.boxed else None)]
         if self.learns_alpha:
             variables.append(Variable(alpha, self.alpha_lr, signed=self.signed, project=clamp_alpha))
-        timing = run_adam(variables, objective, iterations=self.iterations, lr_decay=self.lr_decay)
+        timing = run_adam(variables, objective, iterations=self.iterations, lr_decay=self.lr_decay,
+                          attack=self.name)
         with torch.enable_grad():
             losses = objective().detach()
         timing["alpha"] = [float(a) for a in alpha.detach()]

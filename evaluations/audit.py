@@ -49,6 +49,7 @@ from privfl.accounting.empirical import (
 from privfl.accounting.ledger import PrivacyLedger
 from privfl.core import Mechanism
 from privfl.params import CONFIDENCE, Instance, Int, check_delta
+from privfl.progress import ProgressLog
 
 __all__ = [
     "AuditResult",
@@ -348,12 +349,16 @@ def black_box_audit(
 
     start = time.perf_counter()
     scores = []
+    progress = ProgressLog("privfl.audit", f"black-box audit of {mechanism.name}: {trials:,} trials per side", 2,
+                           unit="sides")
     for x in (x_in, x_out):
         s = fn(_releases(mechanism, x, trials, generator, device, dtype))
+        progress.update(len(scores) + 1)
         if not isinstance(s, Tensor) or s.shape != (trials,):
             raise ValueError(f"score must return a [trials] = [{trials}] tensor, got "
                              f"{tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__}")
         scores.append(s)
+    progress.finish()
     bound = epsilon_lower_bound(scores[0], scores[1], delta=delta, confidence=confidence)
     seconds = time.perf_counter() - start
     return AuditResult(
@@ -430,6 +435,8 @@ def canary_audit(
 
     start = time.perf_counter()
     sides = []
+    progress = ProgressLog("privfl.audit", f"canary audit of {mechanism.name}: {trials:,} trials per side",
+                           2 * -(-trials // batch_size), unit="batches")
     for present in (True, False):
         parts = []
         for lo in range(0, trials, batch_size):
@@ -443,7 +450,9 @@ def canary_audit(
                 agg = _central_releases(mechanism, benign, expected_rows, generator)
                 total += (agg @ canary).to(torch.float64) * expected_rows
             parts.append(total)
+            progress.update(progress.done + 1)
         sides.append(torch.cat(parts))
+    progress.finish()
     bound = epsilon_lower_bound(sides[0], sides[1], delta=delta, confidence=confidence)
     mu, mu_lo, mu_hi = gdp_mu_interval(sides[0], sides[1], confidence=confidence)
     eps_gdp = gdp_epsilon(mu, delta) if delta > 0 else math.inf
@@ -625,8 +634,8 @@ def audit_spec_empirical(
                        ("one-run", one_run_audit, {})]
         results = []
         for name, audit, kwargs in audits:
-            log.info("empirical audit %d/%d: %s — %s (%s trials per side)", k + 1, len(seen), label, name,
-                     f"{kwargs['trials']:,}" if "trials" in kwargs else "one run")
+            log.info("empirical audit %d/%d: %s — %s (%s)", k + 1, len(seen), label, name,
+                     f"{kwargs['trials']:,} trials per side" if "trials" in kwargs else "one training run")
             try:
                 results.append(audit(mech, **kwargs, **common))
             except (ValueError, TypeError) as exc:  # the audit does not apply to this mechanism: say why

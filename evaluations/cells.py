@@ -23,6 +23,7 @@ from privfl import registry
 from privfl.evaluations.scenario import Scenario, run
 from privfl.evaluations.spec import Cell, Spec
 from privfl.evaluations.store import Store
+from privfl.progress import hms
 
 __all__ = ["payload_of", "compute_cell", "write_outcome", "Progress", "PROGRESS_EVERY_S"]
 
@@ -103,6 +104,7 @@ class Progress:
 
             self.bar = tqdm(total=self.total, unit="cell", desc=f"{name}: cells", dynamic_ncols=True,
                             file=self.stream, bar_format="{desc} {n_fmt}/{total_fmt} {bar} [{elapsed}{postfix}]")
+            self._redirect = _log_above_bar()
         elif self.enabled:
             log.info("%s: %d cell(s) to run on %d worker(s)", name, self.total, self.workers)
 
@@ -121,9 +123,9 @@ class Progress:
     def text(self) -> str:
         eta = self.eta_s()
         failed = f", {self.counts['failed']} failed" if self.counts["failed"] else ""
-        left = "time left: estimated after the first cell" if eta is None else f"~{_hms(eta)} left"
+        left = "time left: estimated after the first cell" if eta is None else f"~{hms(eta)} left"
         return (f"{self.name}: {self.finished_count}/{self.total} cells finished{failed}, "
-                f"{_hms(time.monotonic() - self.start)} elapsed, {left}")
+                f"{hms(time.monotonic() - self.start)} elapsed, {left}")
 
     def finished(self, payload_id: str, status: str, seconds: float | None) -> None:
         kind = self.left.pop(payload_id, None)
@@ -132,7 +134,7 @@ class Progress:
             self.costs.setdefault(kind, []).append(float(seconds))
         if self.bar is not None:
             eta = self.eta_s()
-            self.bar.set_postfix_str(("" if eta is None else f"~{_hms(eta)} left")
+            self.bar.set_postfix_str(("" if eta is None else f"~{hms(eta)} left")
                                      + (f", {self.counts['failed']} failed" if self.counts["failed"] else ""),
                                      refresh=False)
             self.bar.update(1)
@@ -152,11 +154,21 @@ class Progress:
 
     def close(self) -> None:
         if self.bar is not None:
+            self._redirect.__exit__(None, None, None)
             self.bar.close()
+            self.bar = None
 
 
-def _hms(seconds: float) -> str:
-    s = int(round(seconds))
-    h, rem = divmod(s, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+def _log_above_bar() -> Any:
+    """While a bar is shown, log lines (the run's own and those its workers forward, e.g. an attack's
+    progress) go to the terminal through ``tqdm.write``, above the bar, instead of through it: the
+    console handlers of the ``privfl`` and root loggers are swapped for tqdm's until :meth:`Progress.close`."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    def console(h: logging.Handler) -> bool:
+        return isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) in (sys.stderr, sys.stdout)
+
+    loggers = [lg for lg in (logging.getLogger("privfl"), logging.getLogger()) if any(map(console, lg.handlers))]
+    redirect = logging_redirect_tqdm(loggers)
+    redirect.__enter__()
+    return redirect

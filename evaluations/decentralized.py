@@ -45,7 +45,7 @@ from privfl.fl.decentralized import DecentralizedRecord, DecentralizedSimulation
 from privfl.fl.local import LocalSGD
 from privfl.seeding import derive_seed
 
-__all__ = ["validate_decentralized", "run_decentralized", "build_decentralized"]
+__all__ = ["validate_decentralized", "check_mixing_sizes", "run_decentralized", "build_decentralized"]
 
 GRAPHS = ("complete", "sampled")
 ATTACK_TARGETS = ("models", "updates")
@@ -81,11 +81,44 @@ def validate_decentralized(scenario: Scenario, where: str = "scenario") -> None:
         raise SpecError(f"{where}.dp_clip: got {s.dp_clip!r}; allowed in mode 'decentralized': null")
     try:
         resolve_device(s.device)
-        _components(s)
+        parts = _components(s)
     except SpecError:
         raise
     except (ValueError, TypeError) as exc:
         raise SpecError(f"{where}: {exc}") from None
+    check_mixing_sizes(s, parts["mixing"], where)
+
+
+# Above this many nodes the size check is skipped: the rule's [n, n] distances would cost validation more
+# than a few MB (such a run is checked by its first round instead).
+MAX_CHECKED_NODES = 2048
+
+
+def check_mixing_sizes(s: Scenario, mixing: Callable[..., Any], where: str = "scenario") -> None:
+    """The mixing rule's own requirement on what a node receives (NNA: more than f models), checked by
+    calling it on random models of the run's size over the run's graph: all ``num_clients`` models on the
+    complete graph, the paper's ``n − f`` (``f = byzantine``) on the sampled one. A failure is a
+    :class:`SpecError` naming ``mixing`` / ``mixing_params`` and what a node receives."""
+    import torch
+
+    from privfl.fl.decentralized import sampled_adjacency
+
+    n, f = s.num_clients, s.byzantine
+    if n > MAX_CHECKED_NODES:
+        return
+    g = torch.Generator().manual_seed(0)
+    models = torch.randn(n, 4, generator=g)
+    if s.graph == "sampled":
+        adjacency = sampled_adjacency(n, range(n - f, n), generator=g)
+        receives = f"each honest node receives n − f = {n - f} model(s), its own included (graph='sampled')"
+    else:
+        adjacency = None
+        receives = f"each node receives all {n} models, its own included (graph='complete')"
+    try:
+        mixing(models, adjacency=adjacency)
+    except (ValueError, TypeError) as exc:
+        raise SpecError(f"{where}.mixing: {exc}; {receives}, num_clients={n}, byzantine={f}, "
+                        f"mixing_params={s.mixing_params!r}") from None
 
 
 def _components(s: Scenario) -> dict[str, Any]:

@@ -36,9 +36,9 @@ that is the place to ship plugin modules (a spec's ``imports``) to the workers o
 from __future__ import annotations
 
 import json
+import logging
 import math
 import socket
-import sys
 import time
 import warnings
 from collections import deque
@@ -156,7 +156,7 @@ class RayBackend:
         message = f"Ray cluster too small: {'; '.join(short)}"
         if local:
             raise SpecError(f"{message}; allowed: --cpus-per-cell / --gpus-per-cell within this machine's resources")
-        print(f"privfl: warning: {message}; cells wait until nodes with them join (autoscaler)", file=sys.stderr)
+        logging.getLogger("privfl").warning("%s; cells wait until nodes with them join (autoscaler)", message)
 
     def slots(self, ray: Any) -> int:
         """How many cells the cluster runs at once now (CPU and GPU bound)."""

@@ -11,6 +11,9 @@ Rules every table and plot here follows:
 - ``results.md`` escapes ``|`` and newlines, says what every column means (:data:`COLUMN_DOCS`)
   and adds a note where a number needs one (accuracy after one round, very large ε).
 - Reports are never written from an empty or unreadable store (:class:`StoreError`).
+- A regenerated report removes the plot files (and plot tables) its previous writing produced and
+  this one does not (e.g. ``inversion_grid3.png`` once there are fewer grids): the store's meta
+  ``report_files`` lists what the last report wrote; no other file in the directory is touched.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ MODE_TITLES = {
     "federated": "Federated training",
     "decentralized": "Decentralized learning",
     "analytics": "Federated analytics (local DP frequency estimation)",
+    "membership": "Membership inference",
 }
 # metric-name prefix -> what a table with such columns reports (shown in its heading)
 METRIC_FAMILIES = {
@@ -258,7 +262,28 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
         for i, extra in enumerate(plot(run_dir, rows) or []):
             paths[f"{name}{i or ''}"] = Path(extra)
     _write_markdown(paths["md"], spec, rows, columns, [p for k, p in paths.items() if k not in ("csv", "md")])
+    _remove_stale(store, run_dir, [p for k, p in paths.items() if k not in ("csv", "md")])
     return paths
+
+
+# Plot files of reports written before ``report_files`` was recorded (removed when this report does not
+# write them, and only in a directory without that record).
+_LEGACY_FILES = ("accuracy.png", "privacy_utility.png", "inversion_grid*.png", "inversion_psnr_eps.png",
+                 "inversion.md", "robustness_heatmap.png", "robustness.md", "distributed_dp.png", "distributed_dp.md",
+                 "ldp_mse.png", "ldp_budget.png", "membership_roc.png")
+
+
+def _remove_stale(store: Store, run_dir: Path, written: list[Path]) -> None:
+    """Delete what the previous report wrote and this one did not, then record what this one wrote."""
+    names = sorted({p.name for p in written if p.parent.resolve() == run_dir.resolve()})
+    before = store.get_meta("report_files")
+    if before is None:
+        before = sorted({p.name for pattern in _LEGACY_FILES for p in run_dir.glob(pattern)})
+    for name in set(before) - set(names):
+        path = run_dir / name
+        if path.is_file() and Path(name).name == name:  # a bare file name from our own record
+            path.unlink()
+    store.set_meta("report_files", names)
 
 
 def _write_csv(path: Path, rows: list[CellRow], columns: list[str]) -> None:
@@ -321,14 +346,22 @@ def _sections(done: list[CellRow], columns: list[str]) -> dict[str, tuple[str, l
         ]
         mode = group[0].scenario.get("mode", "federated")
         skey = f"{mode}|{','.join(present)}"
-        title = MODE_TITLES.get(mode, f"mode {mode}")
-        families = [name for prefix, name in METRIC_FAMILIES.items() if any(c.startswith(prefix) for c in present)]
-        if families:
-            title += " — " + ", ".join(families)
         if skey not in out:
-            out[skey] = (title, present, {})
+            out[skey] = (MODE_TITLES.get(mode, f"mode {mode}"), present, {})
         out[skey][2][key] = group
-    return out
+    return {skey: (_section_title(title, present, groups), present, groups)
+            for skey, (title, present, groups) in out.items()}
+
+
+def _section_title(title: str, present: list[str], groups: dict[str, list[CellRow]]) -> str:
+    """The mode's title and the metric families the table reports; "privacy spent" only where some ε is
+    finite (every federated cell reports ε, ∞ without a mechanism: not a privacy experiment)."""
+    def finite_eps(r: CellRow) -> bool:
+        return any(_numeric(v) and math.isfinite(v) for k, v in r.result["summary"].items() if k.startswith("epsilon"))
+
+    families = [name for prefix, name in METRIC_FAMILIES.items() if any(c.startswith(prefix) for c in present)
+                and (prefix != "epsilon" or any(finite_eps(r) for g in groups.values() for r in g))]
+    return title + (" — " + ", ".join(families) if families else "")
 
 
 def _notes(groups: dict[str, list[CellRow]], labels: dict[str, str], cols: list[str]) -> list[str]:
@@ -471,6 +504,10 @@ def series_style(i: int) -> dict[str, Any]:
     return {"color": f"C{i % 10}", "linestyle": ("-", "--", ":", "-.")[(i // 10) % 4]}
 
 
+def _close(a: list[float], b: list[float]) -> bool:
+    return len(a) == len(b) and all(math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12) for x, y in zip(a, b))
+
+
 def _plot_accuracy(path: Path, rows: list[CellRow], title: str) -> Path | None:
     """Accuracy per round: one panel per experiment group, one curve per configuration (mean over its
     seeds, band = min–max). Configurations with a single evaluated round (attack experiments) have no curve."""
@@ -482,14 +519,13 @@ def _plot_accuracy(path: Path, rows: list[CellRow], title: str) -> Path | None:
             continue
         panels[experiment_key(group[0].scenario)][key] = group
     if not panels:
-        if path.exists():
-            path.unlink()  # a stale plot from an earlier run of the directory would mislead
-        return None
+        return None  # (an accuracy.png of an earlier report is removed as stale: _remove_stale)
     import matplotlib.pyplot as plt
 
     fig, pairs = panel_grid(len(panels))
     for (ax, lax), configs in zip(pairs, panels.values()):
         labels = _display_labels(configs)
+        drawn: list[tuple[list, list[float], str]] = []
         for i, (key, group) in enumerate(configs.items()):
             curves = []
             for r in group:
@@ -501,7 +537,16 @@ def _plot_accuracy(path: Path, rows: list[CellRow], title: str) -> Path | None:
             xs = [x for x, _ in curves[0][:n]]
             ys = [[c[j][1] for c in curves] for j in range(n)]
             style = series_style(i)
-            ax.plot(xs, [statistics.fmean(v) for v in ys], label=f"{labels[key]} (n={len(curves)})", **style)
+            means = [statistics.fmean(v) for v in ys]
+            label = f"{labels[key]} (n={len(curves)})"
+            # a curve equal to one drawn before would hide it: dashed, and the legend says so (e.g. robust
+            # rules that reduce to the mean without Byzantine clients)
+            same = next((lab for x0, m0, lab in drawn if x0 == xs and _close(m0, means)), None)
+            if same is not None:
+                style["linestyle"] = (0, (3, 3))
+                label += f" — same curve as {same}"
+            drawn.append((xs, means, labels[key]))
+            ax.plot(xs, means, label=label, **style)
             if len(curves) > 1:
                 ax.fill_between(xs, [min(v) for v in ys], [max(v) for v in ys], color=style["color"], alpha=0.15)
         ax.set_ylim(0, 1)

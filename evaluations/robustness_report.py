@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -145,7 +146,9 @@ def plot_robustness(run_dir: str | Path, rows: list[CellRow]) -> list[Path]:
     sizes = [(len(_columns(tables[k])), len(tables[k])) for k in keys]
     w = max(c for c, _ in sizes) * 0.75 + 3.0
     h = max(r for _, r in sizes) * 0.32 + 1.6
-    fig, axes = plt.subplots(rows_n, cols_n, figsize=(w * cols_n, h * rows_n), dpi=110, squeeze=False)
+    # constrained layout keeps the title, the panels and the colour bar inside the figure (no bbox tricks)
+    fig, axes = plt.subplots(rows_n, cols_n, figsize=(w * cols_n + 1.2, h * rows_n + 0.6), dpi=110, squeeze=False,
+                             layout="constrained")
     image = None
     for ax, key in zip(axes.flat, keys):
         panel = tables[key]
@@ -166,10 +169,13 @@ def plot_robustness(run_dir: str | Path, rows: list[CellRow]) -> list[Path]:
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
     if image is not None:
-        fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6, label="final test accuracy")
-    fig.suptitle("Final test accuracy under Byzantine attack (mean over seeds; 1 = all test images right)",
-                 fontsize=9, y=1.0 + 0.25 / fig.get_figheight(), va="bottom")
+        bar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6)
+        bar.set_label("final test accuracy", fontsize=8)
+        bar.ax.tick_params(labelsize=7)
+    title = "Final test accuracy under Byzantine attack (mean over seeds; 1 = all test images right)"
+    # wrapped to the figure's width (about 9 pt characters of 0.5 em each)
+    fig.suptitle(textwrap.fill(title, max(30, int(fig.get_figwidth() * 72 / 5.0))), fontsize=9)
     png = run_dir / "robustness_heatmap.png"
-    fig.savefig(png, bbox_inches="tight")
+    fig.savefig(png, bbox_inches="tight", pad_inches=0.15)
     plt.close(fig)
     return [md, png]

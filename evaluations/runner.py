@@ -16,7 +16,10 @@
 - ``workers=0`` runs cells in this process (same numerics: one thread per cell either way).
 - Progress counts finished cells; the time left is estimated from the measured cost of finished
   cells of the same kind (:class:`Progress`). On a terminal a bar, otherwise a plain line on the
-  ``privfl`` logger every ``PROGRESS_EVERY_S`` seconds.
+  ``privfl`` logger every ``PROGRESS_EVERY_S`` seconds. Inside a cell, long loops (attacks, reference
+  models, audits) log on ``privfl.*`` (:mod:`privfl.progress`); pool workers forward those records to
+  this process through a queue (:class:`_LogForwarder`), each tagged with its cell, where the
+  ``privfl`` logger's handlers print them (above the bar on a terminal).
 
 **Backend seam.** :func:`compute_cell` is the unit of work a backend submits: it takes a cell's
 JSON payload and returns the cell's row (plain JSON, no store access). The driver (or a local
@@ -30,7 +33,9 @@ cluster, with the same store and resume (``evaluations/ray_backend.py``).
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
+import queue
 import threading
 import time
 import traceback
@@ -77,7 +82,7 @@ def default_workers() -> int:
 
 
 # ------------------------------------------------------------------------------------ one cell
-_WORKER: dict[str, Any] = {"parent": None, "busy": False}
+_WORKER: dict[str, Any] = {"parent": None, "busy": False, "cell": None}
 
 
 def _orphaned() -> bool:
@@ -91,10 +96,69 @@ def _watch_parent() -> None:
             os._exit(0)
 
 
-def _init_worker(parent: int) -> None:
+def _init_worker(parent: int, log_queue: Any = None, log_level: int = logging.WARNING) -> None:
     torch.set_num_threads(1)
     _WORKER["parent"] = parent
+    if log_queue is not None:
+        _log_to_parent(log_queue, log_level)
     threading.Thread(target=_watch_parent, name="privfl-parent-watch", daemon=True).start()
+
+
+# ------------------------------------------------------------------------------------ worker logs
+class _CellTag(logging.Filter):
+    """Prefixes a worker's record with the cell it is running (the parent interleaves several workers)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _WORKER["cell"]:
+            record.msg, record.args = f"[{_WORKER['cell']}] {record.getMessage()}", None
+        return True
+
+
+def _log_to_parent(log_queue: Any, level: int) -> None:
+    """A worker's ``privfl`` logger (and its children: ``privfl.attacks``, ``privfl.audit``, ...) sends its
+    records, at the parent's level, to the parent through ``log_queue``."""
+    handler = logging.handlers.QueueHandler(log_queue)
+    handler.addFilter(_CellTag())
+    logger = logging.getLogger("privfl")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+class _LogForwarder:
+    """The parent's end of the workers' log queue: a thread hands each record to the parent's logger of
+    the same name (whose handlers print it: the CLI's stderr line, above the progress bar on a terminal).
+
+    Not a ``QueueListener``: its stop sentinel goes through the queue, and a worker killed while writing
+    could leave the queue's write lock held; this one polls and stops on an event, and :meth:`close`
+    never waits more than a few seconds. One forwarder per pool: a fresh pool gets a fresh queue."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.queue = ctx.Queue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="privfl-log-forwarder", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                record = self.queue.get(timeout=0.2)
+            except queue.Empty:
+                if self._stop.is_set():
+                    return
+                continue
+            except Exception:  # a worker died mid-write: the queue is unusable, its records are lost
+                return
+            logger = logging.getLogger(record.name)
+            if logger.isEnabledFor(record.levelno):
+                logger.handle(record)
+
+    def close(self) -> None:
+        """Forward what the (finished) workers sent, then stop."""
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+        self.queue.close()
+        self.queue.cancel_join_thread()
 
 
 def _execute(payload: dict[str, Any], run_dir: str) -> tuple[str, float]:
@@ -102,11 +166,13 @@ def _execute(payload: dict[str, Any], run_dir: str) -> tuple[str, float]:
     if _orphaned():  # queued before the parent died: nobody waits for it
         os._exit(0)
     _WORKER["busy"] = True
+    _WORKER["cell"] = f"{payload['label']} · seed {payload['seed']}"
     try:
         row = compute_cell(payload)
         write_outcome(Store(run_dir), row)
     finally:
         _WORKER["busy"] = False
+        _WORKER["cell"] = None
     return row["status"], row["seconds"]
 
 
@@ -200,9 +266,11 @@ def _run_pool(pending: list[dict[str, Any]], store: Store, workers: int, tracker
     ctx = get_context("spawn")
     todo = list(reversed(pending))
     run_dir = str(store.run_dir)
+    level = logging.getLogger("privfl").getEffectiveLevel()
     while todo:
+        logs = _LogForwarder(ctx)
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                   initargs=(os.getpid(),))
+                                   initargs=(os.getpid(), logs.queue, level))
         in_flight: dict[Future, dict[str, Any]] = {}
         broken = False
         try:
@@ -237,6 +305,7 @@ def _run_pool(pending: list[dict[str, Any]], store: Store, workers: int, tracker
                     break
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+            logs.close()
 
 
 def _record_lost(store: Store, payload: dict[str, Any], reason: str) -> None:

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidato
 from torch import Tensor, nn
 
 from privfl import registry
+from privfl.evaluations.errors import SpecError
 from privfl.fl.local import LocalSGD
 from privfl.fl.partition import partition
 from privfl.fl.simulation import FederatedSimulation, RoundRecord
@@ -61,10 +62,6 @@ __all__ = [
     "register_extension",
     "Extension",
 ]
-
-
-class SpecError(ValueError):
-    """Bad input in a scenario or spec: which field, what it got, what is allowed."""
 
 
 def spec_error(where: str, name: str, value: Any, allowed: str) -> SpecError:

@@ -14,7 +14,9 @@ Format (every key but ``base`` optional)::
         - {label: NNM + trimmed mean, aggregator: trimmed-mean, preaggregators: [nnm]}
     seeds: [0, 1]                 # or an integer n meaning [0, ..., n-1]
 
-Specs are read with ``yaml.safe_load`` only: a spec is data, never code.
+Specs are read with ``yaml.safe_load`` only: a spec is data, never code. Reading a spec and counting
+its cells needs neither torch nor the scenario module (:func:`load_spec` with ``max_cells``): a grid too
+large is refused in a fraction of a second from a cold start; scenarios are built after that check.
 """
 
 from __future__ import annotations
@@ -27,14 +29,18 @@ import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from privfl import registry
-from privfl.evaluations.scenario import SECTIONS, Scenario, SpecError, cell_id, scenario_schema
+from privfl.evaluations.errors import SpecError
 
-__all__ = ["Spec", "Cell", "load_spec", "bundled_specs", "parse_spec", "spec_schema", "MAX_CELLS"]
+if TYPE_CHECKING:
+    from privfl.evaluations.scenario import Scenario
+
+__all__ = ["Spec", "Cell", "load_spec", "bundled_specs", "parse_spec", "spec_schema", "count_cells", "check_size",
+           "MAX_CELLS"]
 
 # Default limit on the number of cells a spec may expand to (``privfl run --max-cells`` changes it):
 # counted without expanding the grid, so a runaway grid is refused at once.
@@ -69,19 +75,11 @@ class Spec:
 
     def count_cells(self) -> int:
         """How many cells the grid expands to (before merging duplicates), counted without expanding it."""
-        per_seed = sum(math.prod(len(v) for v in block.values()) for block in (self.grid or [{}]))
-        return per_seed * len(self.seeds)
+        return count_cells(self.grid, self.seeds)
 
     def check_size(self, max_cells: int | None = MAX_CELLS) -> int:
         """The cell count; :class:`SpecError` when it exceeds ``max_cells`` (``None``: no limit)."""
-        n = self.count_cells()
-        if max_cells is not None and n > max_cells:
-            blocks = " + ".join(
-                " × ".join(str(len(v)) for v in block.values()) or "1" for block in (self.grid or [{}]))
-            raise SpecError(
-                f"spec {self.name!r}: the grid expands to {n:,} cells (({blocks}) × {len(self.seeds)} seed(s)), "
-                f"more than the limit of {max_cells:,}; shrink the grid or raise the limit with --max-cells")
-        return n
+        return check_size(self.name, self.grid, self.seeds, max_cells)
 
     def content_hash(self) -> str:
         """A hash of everything that decides the spec's cells and labels (not its description)."""
@@ -91,6 +89,8 @@ class Spec:
 
     def cells(self) -> list[Cell]:
         """All cells in a deterministic order; duplicates (same scenario and seed) appear once."""
+        from privfl.evaluations.scenario import Scenario, cell_id
+
         out: dict[str, Cell] = {}
         base = self.base.to_dict()
         for block in self.grid or [{}]:
@@ -121,6 +121,8 @@ class Spec:
     def validate(self, *, max_cells: int | None = MAX_CELLS) -> list[Cell]:
         """Validate every distinct scenario (bad input fails here, before anything runs); a grid larger
         than ``max_cells`` is refused before it is expanded."""
+        from privfl.evaluations.scenario import cell_id
+
         self.check_size(max_cells)
         try:
             registry.load_plugins(self.imports)
@@ -136,6 +138,23 @@ class Spec:
         return cells
 
 
+def count_cells(grid: list[dict[str, list[Any]]], seeds: list[int]) -> int:
+    """Cells of a grid (a list of blocks of axes) × seeds, before merging duplicates, without expanding it."""
+    return sum(math.prod(len(v) for v in block.values()) for block in (grid or [{}])) * len(seeds)
+
+
+def check_size(name: str, grid: list[dict[str, list[Any]]], seeds: list[int], max_cells: int | None) -> int:
+    """The cell count; :class:`SpecError` (the count, the product behind it, ``--max-cells``) when it
+    exceeds ``max_cells`` (``None``: no limit)."""
+    n = count_cells(grid, seeds)
+    if max_cells is not None and n > max_cells:
+        blocks = " + ".join(" × ".join(str(len(v)) for v in block.values()) or "1" for block in (grid or [{}]))
+        raise SpecError(
+            f"spec {name!r}: the grid expands to {n:,} cells (({blocks}) × {len(seeds)} seed(s)), "
+            f"more than the limit of {max_cells:,}; shrink the grid or raise the limit with --max-cells")
+    return n
+
+
 def _short(value: Any) -> str:
     if isinstance(value, (list, dict)):
         return yaml.safe_dump(value, default_flow_style=True).strip()
@@ -143,6 +162,8 @@ def _short(value: Any) -> str:
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    from privfl.evaluations.scenario import SECTIONS, Scenario
+
     head, _, rest = key.partition(".")
     if head in SECTIONS and head not in data:  # a section's name: privacy.delta, or privacy: {delta: ...}
         items = [(rest, value)] if rest else list(value.items()) if isinstance(value, dict) else [("", value)]
@@ -170,8 +191,10 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = copy.deepcopy(value)
 
 
-def parse_spec(raw: Any, *, default_name: str = "spec") -> Spec:
-    """A :class:`Spec` from already-parsed YAML data, with clear errors for every field."""
+def parse_spec(raw: Any, *, default_name: str = "spec", max_cells: int | None = None) -> Spec:
+    """A :class:`Spec` from already-parsed YAML data, with clear errors for every field.
+
+    ``max_cells``: refuse a grid of more cells (:func:`check_size`) before any scenario is built."""
     if not isinstance(raw, dict):
         raise SpecError(f"spec: expected a mapping with keys {', '.join(SPEC_KEYS)}, got {type(raw).__name__}")
     unknown = sorted(set(raw) - set(SPEC_KEYS))
@@ -186,7 +209,6 @@ def parse_spec(raw: Any, *, default_name: str = "spec") -> Spec:
     imports = raw.get("imports", []) or []
     if not isinstance(imports, list) or not all(isinstance(m, str) for m in imports):
         raise SpecError(f"spec.imports: expected a list of module names, got {imports!r}")
-    base = Scenario.from_dict(raw.get("base", {}) or {}, where="spec.base")
     grid_raw = raw.get("grid", []) or []
     blocks = grid_raw if isinstance(grid_raw, list) else [grid_raw]
     grid: list[dict[str, list[Any]]] = []
@@ -217,6 +239,10 @@ def parse_spec(raw: Any, *, default_name: str = "spec") -> Spec:
         seeds = list(dict.fromkeys(seeds_raw))
     else:
         raise SpecError(f"spec.seeds: got {seeds_raw!r}; allowed: an integer >= 1 or a non-empty list of integers >= 0")
+    check_size(name, grid, seeds, max_cells)
+    from privfl.evaluations.scenario import Scenario  # (torch: only once the grid's size is known to be sane)
+
+    base = Scenario.from_dict(raw.get("base", {}) or {}, where="spec.base")
     spec = Spec(name=name, base=base, grid=grid, seeds=seeds, description=description, imports=imports)
     _check_axes(spec)  # dotted axes, field names and value types checked now, without expanding the grid
     return spec
@@ -225,6 +251,8 @@ def parse_spec(raw: Any, *, default_name: str = "spec") -> Spec:
 def _check_axes(spec: Spec) -> None:
     """Axis names (dotted ones too) and the keys of every case, checked without expanding the grid: one
     scenario per axis (its first value) and per case; every value is type-checked later by ``validate``."""
+    from privfl.evaluations.scenario import Scenario
+
     base = spec.base.to_dict()
     for i, block in enumerate(spec.grid):
         for axis, values in block.items():
@@ -240,6 +268,8 @@ def _check_axes(spec: Spec) -> None:
 def spec_schema() -> dict[str, Any]:
     """JSON Schema of a spec file, for editors: the spec's keys, with ``base`` a scenario of every
     registered section (fields flat or by section) and grid axes named by (dotted) fields or ``cases*``."""
+    from privfl.evaluations.scenario import scenario_schema
+
     scenario = scenario_schema()
     defs = scenario.pop("$defs")
     defs["Scenario"] = scenario
@@ -273,8 +303,9 @@ def bundled_specs() -> dict[str, Path]:
     return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if str(p).endswith(".yaml")}
 
 
-def load_spec(spec: str | Path | None) -> Spec:
-    """A spec from a path or a bundled name; ``None`` is the bundled ``default``."""
+def load_spec(spec: str | Path | None, *, max_cells: int | None = None) -> Spec:
+    """A spec from a path or a bundled name; ``None`` is the bundled ``default``. ``max_cells``: refuse a
+    larger grid (:class:`SpecError`) right after reading the YAML, before any scenario is built."""
     bundled = bundled_specs()
     if spec is None:
         path = bundled["default"]
@@ -292,4 +323,4 @@ def load_spec(spec: str | Path | None) -> Spec:
         raise SpecError(f"SPEC {str(path)!r}: not valid YAML: {exc}") from None
     except OSError as exc:
         raise SpecError(f"SPEC {str(path)!r}: cannot read: {exc}") from None
-    return parse_spec(raw, default_name=path.stem)
+    return parse_spec(raw, default_name=path.stem, max_cells=max_cells)

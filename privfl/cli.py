@@ -114,12 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from privfl.evaluations.errors import SpecError
+    from privfl.evaluations.spec import MAX_CELLS, load_spec
+
+    # A grid too large is refused before torch is imported (a cold process answers in well under a second).
+    spec = load_spec(args.spec, max_cells=MAX_CELLS if args.max_cells is None else args.max_cells)
     from privfl.evaluations.runner import run_spec
-    from privfl.evaluations.scenario import SpecError, resolve_device
-    from privfl.evaluations.spec import load_spec
+    from privfl.evaluations.scenario import resolve_device
 
     backend = _backend(args)
-    spec = load_spec(args.spec)
     if args.device is not None:
         try:
             resolve_device(args.device)
@@ -146,7 +149,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _writable_dir(path: Path, option: str) -> Path:
     """``path`` usable as a directory privfl may create and write; :class:`SpecError` naming ``option``
     otherwise. Nothing is created here (bad input elsewhere must leave no empty folders behind)."""
-    from privfl.evaluations.scenario import SpecError
+    from privfl.evaluations.errors import SpecError
 
     if path.exists() and not path.is_dir():
         raise SpecError(f"{option}: {str(path)!r} is an existing file, not a directory; allowed: a directory "
@@ -163,7 +166,7 @@ def _writable_dir(path: Path, option: str) -> Path:
 
 def _backend(args: argparse.Namespace):
     """``--backend`` and its Ray options (which make sense with ``--backend ray`` only)."""
-    from privfl.evaluations.scenario import SpecError
+    from privfl.evaluations.errors import SpecError
 
     options = {k: getattr(args, k) for k in ("address", "cpus_per_cell", "gpus_per_cell", "retries")}
     given = {k: v for k, v in options.items() if v is not None}
@@ -189,8 +192,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_account(args: argparse.Namespace) -> int:
+    from privfl.evaluations.errors import SpecError
     from privfl.evaluations.privacy import account_spec
-    from privfl.evaluations.scenario import SpecError
     from privfl.evaluations.spec import load_spec
 
     if args.png is not None and not args.png.parent.is_dir():
@@ -207,7 +210,7 @@ def _cmd_account(args: argparse.Namespace) -> int:
 
 def _cmd_audit(args: argparse.Namespace) -> int:
     from privfl.evaluations.audit import audit_spec_empirical
-    from privfl.evaluations.scenario import SpecError
+    from privfl.evaluations.errors import SpecError
     from privfl.evaluations.spec import load_spec
 
     if args.png is not None and not args.png.parent.is_dir():
@@ -221,7 +224,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     paragraph of its docstring)."""
     import textwrap
 
-    from privfl.evaluations.scenario import SpecError
+    from privfl.evaluations.errors import SpecError
 
     if args.kind is not None and args.kind not in registry.KINDS:
         raise SpecError(f"KIND: got {args.kind!r}; valid kinds: {', '.join(registry.KINDS)}")
@@ -263,7 +266,7 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 def _bad_input_types() -> tuple[type[BaseException], ...]:
     """Only validation errors are bad input (exit 2); any other ValueError/TypeError is a bug (exit 1)."""
-    from privfl.evaluations.scenario import SpecError
+    from privfl.evaluations.errors import SpecError
     from privfl.evaluations.store import StoreError
 
     return (SpecError, StoreError)

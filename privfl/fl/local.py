@@ -216,6 +216,7 @@ def train_vmap(
     chunk: int | None = None,
     gradient_only: bool = False,
     noise_generator: torch.Generator | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Tensor:
     """Local SGD for all clients at once. Returns final weights ``[m, d]``.
 
@@ -225,6 +226,8 @@ def train_vmap(
     ``x``/``y`` are the (possibly client-poisoned) sample pools indexed by ``plan.index``.
     With ``gradient_only`` it returns the gradient at ``w0`` on the first planned batch (FedSGD).
     With ``opt.dp_clip`` the steps are DP-SGD steps; their noise is drawn from ``noise_generator``.
+    ``progress(done, total)`` is called after each step of each chunk of clients (a
+    :class:`privfl.progress.ProgressLog`'s ``update``).
     """
     buffers = {k: v for k, v in model.named_buffers()}
 
@@ -267,6 +270,8 @@ def train_vmap(
                 buf = g if buf is None else buf.mul_(opt.momentum).add_(g)
                 g = buf
             W.add_(g, alpha=-opt.lr)
+            if progress is not None:
+                progress((lo // chunk) * opt.steps + k + 1, -(-m // chunk) * opt.steps)
         outs.append(W)
     return torch.cat(outs, dim=0)
 
