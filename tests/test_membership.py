@@ -25,6 +25,7 @@ from privfl.attacks.membership import (
     RMIA,
     LiRA,
     MembershipQuery,
+    _rmia_log_ratio,
     balanced_splits,
     logit_confidence,
     query_views,
@@ -162,26 +163,48 @@ def test_lira_matches_scipy_gaussian_fits():
 
 
 def test_rmia_matches_brute_force():
+    """Softmax at temperature 2 in float64 (unsaturated synthetic logits), the paper's ratios, z compared
+    pairwise; offline, each z averages k = 3 models (as many as a candidate has OUT), cyclically."""
     q = _synthetic_query()
+    S, Z = q.reference_logits.shape[0], q.population_labels.numel()
     for online in (True, False):
-        attack = RMIA(online=online, a=0.3, gamma=1.5)
+        attack = RMIA(online=online, a=0.3, gamma=1.5, temperature=2.0)
         got = attack.score(q).numpy()
 
         def prob(lg, yy):
-            return torch.softmax(lg, -1).gather(-1, yy.expand(lg.shape[:-1]).unsqueeze(-1)).squeeze(-1).numpy()
+            return torch.softmax(lg / 2.0, -1).gather(-1, yy.expand(lg.shape[:-1]).unsqueeze(-1)).squeeze(-1).numpy()
 
         px, rx = prob(q.target_logits[0], q.labels), prob(q.reference_logits[:, 0], q.labels)
         pz, rz = prob(q.population_logits[0], q.population_labels), prob(q.population_reference_logits[:, 0],
                                                                          q.population_labels)
         out_mask = ~q.reference_in.numpy()
+        if online:
+            ratio_z = pz / rz.mean(0)
+        else:
+            pout_z = np.array([rz[[(j + i) % S for i in range(3)], j].mean() for j in range(Z)])
+            ratio_z = pz / (0.5 * (1.3 * pout_z + 0.7))
         for j in range(len(px)):
-            if online:
-                marg = rx[:, j].mean()
-            else:
-                marg = 0.5 * (1.3 * rx[out_mask[:, j], j].mean() + 0.7)
-            ratio_x = px[j] / marg
-            ratio_z = pz / (0.5 * (1.3 * rz.mean(0) + 0.7))
-            assert got[j] == pytest.approx(np.mean(ratio_x / ratio_z >= 1.5))
+            marg = rx[:, j].mean() if online else 0.5 * (1.3 * rx[out_mask[:, j], j].mean() + 0.7)
+            assert got[j] == pytest.approx(np.mean(px[j] / marg / ratio_z >= 1.5))
+
+
+def test_rmia_orders_saturated_confidences_and_tunes_a_without_the_target():
+    """A target confidence p_y = 1 − e^-40 (then 1 − e^-50) rounds to 1 in float64; RMIA's ratio for that
+    record still grows with it. The tuned a lies on the authors' grid and does not depend on the target."""
+    q = _synthetic_query(N=40)
+    ratios = []
+    for margin in (40.0, 50.0):
+        sat = q.target_logits.clone()
+        sat[0, 0] = 0.0
+        sat[0, 0, q.labels[0]] = margin
+        assert torch.softmax(sat[0, 0], -1)[q.labels[0]] == 1.0
+        log_p = -torch.nn.functional.softplus(-logit_confidence(sat / 2.0, q.labels))
+        ref_err = torch.sigmoid(-logit_confidence(q.reference_logits / 2.0, q.labels))
+        ratios.append(_rmia_log_ratio(log_p, ref_err, ~q.reference_in, 0.3)[0])
+        attack = RMIA()
+        assert attack.tune_a(MembershipQuery(**{**vars(q), "target_logits": sat})) == attack.tune_a(q)
+    assert ratios[1] > ratios[0]
+    assert RMIA().tune_a(q) in RMIA.A_GRID
 
 
 # ------------------------------------------------------------------------------------ attacks on a real target
