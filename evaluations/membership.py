@@ -146,7 +146,9 @@ def null_tpr_interval(n_in: int, n_out: int, alpha: float, confidence: float = 0
     members above the threshold that admits k = ⌊α·n_out⌋ non-members are those drawn before the
     (k+1)-th non-member, a negative hypergeometric count (n_in + n_out records, n_in members, k+1
     non-members). Unlike a Clopper–Pearson interval over the members alone, it includes the randomness
-    of the threshold, which the non-members set."""
+    of the threshold, which the non-members set. Ties at the top of the ranking (e.g. a model whose
+    ReLUs died under DP noise gives many records identical logits) push the TPR at FPR ≤ α *below*
+    this band: "member iff score ≥ t" cannot split a tied block."""
     from scipy.stats import nhypergeom
 
     k = int(math.floor(alpha * n_out + 1e-9))
@@ -446,6 +448,11 @@ def plot_membership_roc(run_dir: str | Path, rows: list[Any]) -> list[Path]:
     rows_n = math.ceil(n / cols)
     fig, axes = plt.subplots(rows_n, cols, figsize=(4.6 * cols, 5.6 * rows_n), dpi=120, squeeze=False)
     grid = np.asarray(FPR_GRID)
+    # one colour per attack across panels
+    names = sorted({k[len("mia_roc_"):] for r in cells for k in r.result["series"]
+                    if k.startswith("mia_roc_") and k != "mia_roc_fpr"})
+    palette = plt.get_cmap("tab10")
+    colour = {name: palette(i % 10) for i, name in enumerate(names)}
     for ax, (label, group) in zip(axes.flat, sorted(groups.items())):
         curves: dict[str, list[list[float]]] = defaultdict(list)
         for r in group:
@@ -455,7 +462,7 @@ def plot_membership_roc(run_dir: str | Path, rows: list[Any]) -> list[Path]:
         for name, tprs in sorted(curves.items()):
             mean = np.mean(np.asarray(tprs, dtype=np.float64), axis=0)
             auc_v = statistics.fmean(r.result["summary"][f"mia_{name}_auc"] for r in group)
-            ax.plot(grid, np.maximum(mean, 1e-4), label=f"{name} (AUC {auc_v:.2f})")
+            ax.plot(grid, np.maximum(mean, 1e-4), color=colour[name], label=f"{name} (AUC {auc_v:.2f})")
         ax.plot(grid, grid, color="gray", linestyle=":", linewidth=1, label="chance")
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -470,7 +477,7 @@ def plot_membership_roc(run_dir: str | Path, rows: list[Any]) -> list[Path]:
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.suptitle("Membership inference: ROC (log-log)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))  # leave the suptitle its own band
     path = Path(run_dir) / "membership_roc.png"
     fig.savefig(path)
     plt.close(fig)
