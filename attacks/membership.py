@@ -397,15 +397,17 @@ class RMIA(MembershipAttack):
     score(x) = fraction of the population with LR(x, z) = (Pr(x|θ)/Pr(x)) / (Pr(z|θ)/Pr(z)) ≥ γ; several
     queries (augmentations) average the log ratios. With one population set for every x the score is a
     monotone map of Pr(x|θ)/Pr(x), so γ moves the ROC only through ties (its resolution is 1/Z: pass
-    many population records). Defaults: γ = 1 (the authors' offline code), temperature 2 (LeakPro's
-    default; on the membership spec's overfit digits target with 2 reference models it keeps more of the
-    low-FPR power than 1, where most records sit at p_y > 1 − 1e-9).
+    many population records; γ > 1 with few reference models sends many records to score 0, a tie).
+    Defaults: γ = 1 (the authors' offline code), temperature 2 (LeakPro's default; on the membership
+    spec's overfit digits target, where ~80 % of members and non-members sit at p_y > 1 − 1e-3, it kept
+    more of the 2-reference low-FPR power than temperature 1: TPR at 1 % FPR 3.9 % vs 2.7 %, six seeds, 1,437 candidates).
 
     ``a=None`` (default) tunes a as the paper does: on the reference models alone, attacking each
     reference model (at most :attr:`TUNE_MODELS` of them) with the other ones — members: the candidates
-    it trained on, non-members: the candidates it did not and half of the population, z: the other half
-    — and keeping the a in {0, 0.1, …, 1} with the best mean AUC (:meth:`tune_a`). The target model
-    and the candidates' true membership play no part in it.
+    it trained on, non-members: the candidates it did not and half of the population (only records
+    with an OUT model among the other ones), z: the other half — and keeping the a in {0, 0.1, …, 1}
+    (the authors' grid) with the best mean AUC (:meth:`tune_a`). The authors' code attacks one paired
+    reference model the same way. The target model and the candidates' true membership play no part.
     """
 
     name = "rmia"
