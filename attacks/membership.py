@@ -400,7 +400,8 @@ class RMIA(MembershipAttack):
     many population records; γ > 1 with few reference models sends many records to score 0, a tie).
     Defaults: γ = 1 (the authors' offline code), temperature 2 (LeakPro's default; on the membership
     spec's overfit digits target, where ~80 % of members and non-members sit at p_y > 1 − 1e-3, it kept
-    more of the 2-reference low-FPR power than temperature 1: TPR at 1 % FPR 3.9 % vs 2.7 %, six seeds, 1,437 candidates).
+    more of the 2-reference low-FPR power than temperature 1: TPR at 1 % FPR 3.9 % vs 2.7 %, six seeds,
+    1,437 candidates).
 
     ``a=None`` (default) tunes a as the paper does: on the reference models alone, attacking each
     reference model (at most :attr:`TUNE_MODELS` of them) with the other ones — members: the candidates
