@@ -10,7 +10,9 @@
 # Environment: PYTHON (default python3), DEVICE (default cuda; cpu for a dry run of the plumbing),
 # QUICK=1 (tiny sizes, for the dry run), ONLY=issue18 (just issue 18's GPU figures, ~6 min on a GPU: the
 # device tests plus the CUDA-graph attack-step test, then IG rates on cnn6 / ResNet-18 at 1 and 64 victims,
-# loop vs CUDA graph, against breaching's quoted rates).
+# loop vs CUDA graph, against breaching's quoted rates), ONLY=issue17 (just issue 17's shadow figure: 64
+# ResNet-8 reference models batched vs 8 one after another; PASS when batched is no slower; ~2 min).
+# fl_round.log also holds that shadow-training figure in a full run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUTDIR=${1:-gpu-check}
@@ -38,6 +40,7 @@ if [ "$QUICK" = 1 ]; then
     LDP_ARGS=(--n 1000)
     INV_ARGS=(--only ig --images 1 --ig-iterations 20)
     RATE_ARGS=(--rate-iterations 3 --rate-victims 2)
+    SHADOW_ARGS=(--models 4 --loop-models 2 --steps 3)
     printf 'name: tiny\nbase: {dataset: digits, num_clients: 4, rounds: 2, local_steps: 2, batch_size: 8, model: mlp}\nseeds: [0]\n' >"$OUTDIR/tiny.yaml"
     DEMO_SPEC=("$OUTDIR/tiny.yaml")
 else
@@ -47,6 +50,7 @@ else
     LDP_ARGS=()
     INV_ARGS=(--only ig,sme --images 4)
     RATE_ARGS=(--rate-iterations 200 --rate-victims 64)
+    SHADOW_ARGS=(--models 64 --loop-models 8 --steps 200)
     DEMO_SPEC=()
 fi
 
@@ -63,6 +67,12 @@ fi
 echo "== install: $(tail -n 1 "$OUTDIR/install.log")"
 [ -d /tmp/site ] && export PYTHONPATH=/tmp/site
 
+SHADOW=("$PY" benchmarks/shadow_training.py --device "$DEV" --model resnet --dataset natural-patches "${SHADOW_ARGS[@]}")
+if [ "${ONLY:-}" = issue17 ]; then
+    step shadows 240 "${SHADOW[@]}"
+    echo "== done in $(( $(date +%s) - START )) s"
+    exit 0
+fi
 if [ "${ONLY:-}" = issue18 ]; then
     step tests 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_devices.py tests/test_graphed_attack_step.py
     step inversion 300 "$PY" benchmarks/inversion.py --device "$DEV" --only rates "${RATE_ARGS[@]}"
@@ -71,6 +81,7 @@ if [ "${ONLY:-}" = issue18 ]; then
 fi
 step tests 110 "$PY" -m pytest -q -p no:cacheprovider tests/test_devices.py
 step fl_round 80 "$PY" benchmarks/fl_round.py --device "$DEV" "${FL_ARGS[@]}"
+step fl_round 150 "${SHADOW[@]}"
 step aggregators 60 "$PY" benchmarks/aggregators.py --device "$DEV" "${AGG_ARGS[@]}"
 step mechanisms 40 "$PY" benchmarks/mechanisms.py --device "$DEV" "${MECH_ARGS[@]}"
 step mechanisms 30 "$PY" benchmarks/ldp.py --device "$DEV" "${LDP_ARGS[@]}"

@@ -1,9 +1,10 @@
 """The ``"membership"`` scenario mode: membership inference against federated models, scored.
 
-Setup (LiRA's, Carlini et al. S&P 2022): the dataset's train and test splits form one pool (optionally a
-random subset of ``records``); a fraction ``population`` of it is held out as population data (never
-trained on by the target or the reference models); every other record is a candidate and joins the
-target's training data independently with probability ½ (Bernoulli, so membership is a fair coin per
+Setup (LiRA's, Carlini et al. S&P 2022): the dataset's train and test splits form one pool; a random
+fraction ``population`` of it is held out as population data (never trained on by the target or the
+reference models; RMIA's z set); the other records (or a random ``records`` of them: fewer records, a
+more overfit target, while the population stays large) are candidates, and each joins the target's
+training data independently with probability ½ (Bernoulli, so membership is a fair coin per
 record and the ROC bounds ε). The target is trained by the federated simulation exactly as the
 scenario says (``num_clients`` clients, ``partition``, ``rounds``, local SGD, ``dp_clip``/``dp_noise``
 for example-level DP-SGD, ``mechanism``, ``aggregator``); ``num_clients: 1, rounds: 1`` is a centrally
@@ -22,11 +23,15 @@ attacker's approximation of the federated procedure).
   threat: model → loss, population, LiRA online/offline, RMIA offline; update → update-loss,
   update-cosine, loss; rounds → trajectory, loss).
 - ``references`` (16), ``reference_steps``, ``augment`` (``"none"`` or ``"flip"``), ``population`` (0.2),
-  ``records`` (null: the whole pool).
+  ``records`` (null: every record outside the population is a candidate).
 
 Reported per attack (``mia_<attack>_*``): AUC, TPR at FPR 0.1 % and 1 % with two-sided 95 %
-Clopper–Pearson intervals over the members (the FPR side is the empirical rate on the non-members:
-with n non-members, FPR 0.1 % means ⌊0.001·n⌋ false positives, zero below 1,000), balanced accuracy
+Clopper–Pearson intervals over the members (``tpr_1pct_lo/hi``; the FPR side is the empirical rate on
+the non-members: with n non-members, FPR 0.1 % means ⌊0.001·n⌋ false positives, zero below 1,000);
+the band a scorer without membership signal would fall in (``tpr_1pct_null_lo/hi``: exact, negative
+hypergeometric, so it includes the threshold's randomness; simultaneous over the cell's k attacks by
+Bonferroni, each at level 1 − 0.05/k: "every attack's TPR within its interval of the FPR" is then
+a 95 % statement about the whole cell, not k separate ones); RMIA-offline's tuned ``a``; balanced accuracy
 (best threshold), and an empirical ε lower bound at the run's δ
 (:func:`privfl.accounting.empirical.epsilon_lower_bound`, threshold chosen on a held-out split). That
 bound treats the records as independent trials: each record's membership is an independent coin, so
@@ -80,8 +85,8 @@ from privfl.fl.local import LocalSGD
 from privfl.fl.partition import partition
 from privfl.seeding import make_generator
 
-__all__ = ["roc_points", "tpr_at_fpr", "auc", "membership_metrics", "run_membership", "plot_membership_roc",
-           "FPR_GRID", "THREATS"]
+__all__ = ["roc_points", "tpr_at_fpr", "auc", "membership_metrics", "null_tpr_interval", "run_membership",
+           "plot_membership_roc", "FPR_GRID", "THREATS"]
 
 THREATS = ("model", "update", "rounds")
 DEFAULT_ATTACKS = {
@@ -139,18 +144,42 @@ def auc(scores: Any, is_member: Any) -> float:
     return float((ranks[m].sum() - n_in * (n_in + 1) / 2) / (n_in * n_out))
 
 
+def null_tpr_interval(n_in: int, n_out: int, alpha: float, confidence: float = 0.95) -> tuple[float, float]:
+    """Central ``confidence`` interval of the TPR at FPR ≤ ``alpha`` of a scorer with **no** membership
+    signal (members and non-members exchangeable, no ties), exact: ranking the records at random, the
+    members above the threshold that admits k = ⌊α·n_out⌋ non-members are those drawn before the
+    (k+1)-th non-member, a negative hypergeometric count (n_in + n_out records, n_in members, k+1
+    non-members). Unlike a Clopper–Pearson interval over the members alone, it includes the randomness
+    of the threshold, which the non-members set. Ties at the top of the ranking (e.g. a model whose
+    ReLUs died under DP noise gives many records identical logits) push the TPR at FPR ≤ α *below*
+    this band: "member iff score ≥ t" cannot split a tied block."""
+    from scipy.stats import nhypergeom
+
+    k = int(math.floor(alpha * n_out + 1e-9))
+    dist = nhypergeom(n_in + n_out, n_in, min(k + 1, n_out))
+    tail = (1.0 - confidence) / 2.0
+    return float(dist.ppf(tail)) / n_in, float(dist.isf(tail)) / n_in
+
+
 def membership_metrics(scores: Any, is_member: Any, *, delta: float = 0.0, confidence: float = 0.95,
-                       fprs: tuple[float, ...] = REPORT_FPRS) -> dict[str, Any]:
-    """AUC, balanced accuracy, TPR at each FPR in ``fprs`` with Clopper–Pearson intervals, ε lower bound."""
+                       fprs: tuple[float, ...] = REPORT_FPRS, simultaneous: int = 1) -> dict[str, Any]:
+    """AUC, balanced accuracy, TPR at each FPR in ``fprs`` with Clopper–Pearson intervals (``tpr_*_lo/hi``),
+    the no-signal band of the TPR (``tpr_*_null_lo/hi``, :func:`null_tpr_interval`) at the Bonferroni level
+    1 − (1 − confidence)/``simultaneous`` (``simultaneous`` attacks judged together), ε lower bound."""
+    if isinstance(simultaneous, bool) or not isinstance(simultaneous, int) or simultaneous < 1:
+        raise ValueError(f"simultaneous must be an int >= 1 (the number of attacks judged together), got "
+                         f"{simultaneous!r}")
     s, m = _scores_labels(scores, is_member)
     fpr, tpr, _ = roc_points(s, m)
-    n_in = int(m.sum())
+    n_in, n_out = int(m.sum()), int((~m).sum())
     out: dict[str, Any] = {"auc": auc(s, m), "balanced_accuracy": float(np.max((tpr + 1.0 - fpr) / 2.0))}
     for alpha in fprs:
         t = tpr_at_fpr(fpr, tpr, alpha)
         lo, hi = clopper_pearson(int(round(t * n_in)), n_in, confidence)
         key = _fpr_key(alpha)
         out[f"tpr_{key}"], out[f"tpr_{key}_lo"], out[f"tpr_{key}_hi"] = t, lo, hi
+        out[f"tpr_{key}_null_lo"], out[f"tpr_{key}_null_hi"] = null_tpr_interval(
+            n_in, n_out, alpha, 1.0 - (1.0 - confidence) / simultaneous)
     out["eps_lb"] = epsilon_lower_bound(s[m], s[~m], delta=delta, confidence=confidence).epsilon
     out["roc_grid"] = [tpr_at_fpr(fpr, tpr, a) for a in FPR_GRID]
     return out
@@ -241,10 +270,10 @@ def target_split(scenario: Scenario, seed: int) -> tuple[Any, _Split]:
     y = torch.cat([data.y_train, data.y_test])
     g = make_generator(seed, "membership-split")
     perm = torch.randperm(len(x), generator=g)
-    if q["records"] is not None:
-        perm = perm[: q["records"]]
     n_pop = max(1, int(round(q["population"] * len(perm))))
     pop, cand = perm[:n_pop], perm[n_pop:]
+    if q["records"] is not None:  # fewer candidates (a more overfit target); the population stays large
+        cand = cand[: q["records"]]
     member = torch.rand(len(cand), generator=g) < 0.5
     return data, _Split(x[cand], y[cand], member, x[pop], y[pop])
 
@@ -346,10 +375,13 @@ def run_membership(scenario: Scenario, seed: int, *, on_round: Callable[[Any], A
 
     mq = MembershipQuery(**query)
     roc: dict[str, list[float]] = {}
-    for name, params in _attack_specs(q["attacks"], "scenario"):
+    specs = _attack_specs(q["attacks"], "scenario")
+    for name, params in specs:
         attack = registry.make("membership_attack", name, **params)
         scores = attack.score(mq).detach().cpu()
-        metrics = membership_metrics(scores, member.cpu(), delta=scenario.delta)
+        metrics = membership_metrics(scores, member.cpu(), delta=scenario.delta, simultaneous=len(specs))
+        if getattr(attack, "tuned_a", None) is not None:
+            metrics["a"] = attack.tuned_a  # RMIA's offline a, tuned on the reference models
         roc[attack.label] = metrics.pop("roc_grid")
         for k, v in metrics.items():
             summary[f"mia_{attack.label}_{k}"] = v
@@ -416,6 +448,11 @@ def plot_membership_roc(run_dir: str | Path, rows: list[Any]) -> list[Path]:
     rows_n = math.ceil(n / cols)
     fig, axes = plt.subplots(rows_n, cols, figsize=(4.6 * cols, 5.6 * rows_n), dpi=120, squeeze=False)
     grid = np.asarray(FPR_GRID)
+    # one colour per attack across panels
+    names = sorted({k[len("mia_roc_"):] for r in cells for k in r.result["series"]
+                    if k.startswith("mia_roc_") and k != "mia_roc_fpr"})
+    palette = plt.get_cmap("tab10")
+    colour = {name: palette(i % 10) for i, name in enumerate(names)}
     for ax, (label, group) in zip(axes.flat, sorted(groups.items())):
         curves: dict[str, list[list[float]]] = defaultdict(list)
         for r in group:
@@ -425,7 +462,7 @@ def plot_membership_roc(run_dir: str | Path, rows: list[Any]) -> list[Path]:
         for name, tprs in sorted(curves.items()):
             mean = np.mean(np.asarray(tprs, dtype=np.float64), axis=0)
             auc_v = statistics.fmean(r.result["summary"][f"mia_{name}_auc"] for r in group)
-            ax.plot(grid, np.maximum(mean, 1e-4), label=f"{name} (AUC {auc_v:.2f})")
+            ax.plot(grid, np.maximum(mean, 1e-4), color=colour[name], label=f"{name} (AUC {auc_v:.2f})")
         ax.plot(grid, grid, color="gray", linestyle=":", linewidth=1, label="chance")
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -440,7 +477,7 @@ def plot_membership_roc(run_dir: str | Path, rows: list[Any]) -> list[Path]:
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.suptitle("Membership inference: ROC (log-log)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))  # leave the suptitle its own band
     path = Path(run_dir) / "membership_roc.png"
     fig.savefig(path)
     plt.close(fig)

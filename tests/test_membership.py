@@ -25,6 +25,7 @@ from privfl.attacks.membership import (
     RMIA,
     LiRA,
     MembershipQuery,
+    _rmia_log_ratio,
     balanced_splits,
     logit_confidence,
     query_views,
@@ -98,6 +99,34 @@ def test_metrics_intervals_are_clopper_pearson():
     assert 0 < out["eps_lb"] < 5
 
 
+def test_null_tpr_band_covers_a_signal_free_scorer_at_its_level():
+    """Random scores (no membership signal), 150 members / 250 non-members, 2,000 trials: the TPR at 1 % FPR
+    falls outside the exact 90 % band as often as the negative hypergeometric law says (two-sided binomial
+    99.9 % limits on the count of misses: the test fails by chance with probability ≤ 1e-3)."""
+    from scipy.stats import binom, nhypergeom
+
+    from privfl.evaluations.membership import null_tpr_interval
+
+    rng = np.random.default_rng(0)
+    n_in, n_out, trials = 150, 250, 2000
+    lo, hi = null_tpr_interval(n_in, n_out, 0.01, confidence=0.9)
+    dist = nhypergeom(n_in + n_out, n_in, 3)  # ⌊0.01·250⌋ = 2 false positives allowed
+    p_miss = dist.cdf(round(lo * n_in) - 1) + dist.sf(round(hi * n_in))
+    assert 0.03 < p_miss <= 0.1  # a discrete law: the central band holds at least its level
+    member = np.r_[np.ones(n_in, bool), np.zeros(n_out, bool)]
+    miss = 0
+    for _ in range(trials):
+        fpr, tpr, _ = roc_points(rng.random(n_in + n_out), member)
+        miss += not lo <= tpr_at_fpr(fpr, tpr, 0.01) <= hi
+    assert binom.ppf(0.0005, trials, p_miss) <= miss <= binom.ppf(0.9995, trials, p_miss), (miss, p_miss)
+    m = membership_metrics(rng.random(n_in + n_out), member, fprs=(0.01,), confidence=0.9)
+    assert (m["tpr_1pct_null_lo"], m["tpr_1pct_null_hi"]) == (lo, hi)
+    with pytest.raises(ValueError, match="simultaneous"):
+        membership_metrics([0.1, 0.2], np.array([True, False]), simultaneous=0)
+    lo5, hi5 = null_tpr_interval(n_in, n_out, 0.01, confidence=1 - 0.1 / 5)  # Bonferroni widens the band
+    assert lo5 <= lo and hi5 >= hi and (lo5, hi5) != (lo, hi)
+
+
 def test_metrics_reject_bad_input():
     with pytest.raises(ValueError, match="member"):
         membership_metrics([0.1, 0.2], np.array([True, True]))
@@ -162,26 +191,48 @@ def test_lira_matches_scipy_gaussian_fits():
 
 
 def test_rmia_matches_brute_force():
+    """Softmax at temperature 2 in float64 (unsaturated synthetic logits), the paper's ratios, z compared
+    pairwise; offline, each z averages k = 3 models (as many as a candidate has OUT), cyclically."""
     q = _synthetic_query()
+    S, Z = q.reference_logits.shape[0], q.population_labels.numel()
     for online in (True, False):
-        attack = RMIA(online=online, a=0.3, gamma=1.5)
+        attack = RMIA(online=online, a=0.3, gamma=1.5, temperature=2.0)
         got = attack.score(q).numpy()
 
         def prob(lg, yy):
-            return torch.softmax(lg, -1).gather(-1, yy.expand(lg.shape[:-1]).unsqueeze(-1)).squeeze(-1).numpy()
+            return torch.softmax(lg / 2.0, -1).gather(-1, yy.expand(lg.shape[:-1]).unsqueeze(-1)).squeeze(-1).numpy()
 
         px, rx = prob(q.target_logits[0], q.labels), prob(q.reference_logits[:, 0], q.labels)
         pz, rz = prob(q.population_logits[0], q.population_labels), prob(q.population_reference_logits[:, 0],
                                                                          q.population_labels)
         out_mask = ~q.reference_in.numpy()
+        if online:
+            ratio_z = pz / rz.mean(0)
+        else:
+            pout_z = np.array([rz[[(j + i) % S for i in range(3)], j].mean() for j in range(Z)])
+            ratio_z = pz / (0.5 * (1.3 * pout_z + 0.7))
         for j in range(len(px)):
-            if online:
-                marg = rx[:, j].mean()
-            else:
-                marg = 0.5 * (1.3 * rx[out_mask[:, j], j].mean() + 0.7)
-            ratio_x = px[j] / marg
-            ratio_z = pz / (0.5 * (1.3 * rz.mean(0) + 0.7))
-            assert got[j] == pytest.approx(np.mean(ratio_x / ratio_z >= 1.5))
+            marg = rx[:, j].mean() if online else 0.5 * (1.3 * rx[out_mask[:, j], j].mean() + 0.7)
+            assert got[j] == pytest.approx(np.mean(px[j] / marg / ratio_z >= 1.5))
+
+
+def test_rmia_orders_saturated_confidences_and_tunes_a_without_the_target():
+    """A target confidence p_y = 1 − e^-40 (then 1 − e^-50) rounds to 1 in float64; RMIA's ratio for that
+    record still grows with it. The tuned a lies on the authors' grid and does not depend on the target."""
+    q = _synthetic_query(N=40)
+    ratios = []
+    for margin in (40.0, 50.0):
+        sat = q.target_logits.clone()
+        sat[0, 0] = 0.0
+        sat[0, 0, q.labels[0]] = margin
+        assert torch.softmax(sat[0, 0], -1)[q.labels[0]] == 1.0
+        log_p = -torch.nn.functional.softplus(-logit_confidence(sat / 2.0, q.labels))
+        ref_err = torch.sigmoid(-logit_confidence(q.reference_logits / 2.0, q.labels))
+        ratios.append(_rmia_log_ratio(log_p, ref_err, ~q.reference_in, 0.3)[0])
+        attack = RMIA()
+        assert attack.tune_a(MembershipQuery(**{**vars(q), "target_logits": sat})) == attack.tune_a(q)
+    assert ratios[1] > ratios[0]
+    assert RMIA().tune_a(q) in RMIA.A_GRID
 
 
 # ------------------------------------------------------------------------------------ attacks on a real target
@@ -323,12 +374,22 @@ def test_mode_validates_its_params():
                            ).validate()
 
 
+DP_CELLS = {
+    "dp-sgd": {"local_steps": 40, "dp_clip": 1.0, "dp_noise": 2.0},  # example level, ε ≈ 2.7
+    # client level (20 clients, Poisson q = 0.5, 4 rounds): a record is in one client, so it is a record bound too
+    "dp-fedavg": {"num_clients": 20, "sampling": "poisson", "sample_rate": 0.5, "rounds": 4, "local_steps": 10,
+                  "partition": "iid", "partition_params": {}, "mechanism": "dp-fedavg",
+                  "mechanism_params": {"clip_norm": 1.0, "noise_multiplier": 2.0}},
+}
+
+
 @pytest.mark.slow
-def test_mia_epsilon_lower_bound_never_exceeds_the_accounted_epsilon():
-    """A DP-SGD cell (ε ≈ 2.7 at δ = 1e-5): every attack's ε lower bound ≤ the accounted ε; the same bound
-    on oracle scores (the membership bits themselves) exceeds it, so the comparison is not vacuous."""
-    s = Scenario.from_dict({**BASE, "local_steps": 40, "dp_clip": 1.0, "dp_noise": 2.0,
-                            "membership_params": {"references": 4, "records": 500}})
+@pytest.mark.parametrize("defense", sorted(DP_CELLS))
+def test_mia_epsilon_lower_bound_never_exceeds_the_accounted_epsilon(defense):
+    """A DP cell (DP-SGD, or client-level DP-FedAvg): every attack's ε lower bound ≤ the accounted ε; the
+    same bound on oracle scores (the membership bits themselves) exceeds it, so the comparison is not
+    vacuous."""
+    s = Scenario.from_dict({**BASE, **DP_CELLS[defense], "membership_params": {"references": 4, "records": 400}})
     s.validate()
     summary = run(s, seed=0)["summary"]
     eps = summary["epsilon"]
