@@ -30,11 +30,14 @@ from privfl.evaluations.spec import bundled_specs, load_spec, parse_spec, spec_s
 # result stores resume only while these hold.
 PINNED = {
     "default": ("69771c050e357c14", "a732354db644ec7a", "8181d0e700421f95", 50),
-    "distributed_dp": ("e55160348bf65a44", "69e6eed51b892dc7", "7ab86cc0cc31224f", 58),
+    # distributed_dp and membership gained cells after 9987de3 (a third seed, a tuned RQM row; a more overfit
+    # 2-reference target, DP-FedAvg cells): their 9987de3 files still give that commit's pins under this code
+    # (all 58 and 16 of 18 old cells keep their ids), so these are the edited specs' values.
+    "distributed_dp": ("69f322873caa5ee1", "0200f6f2298dafb3", "7ab86cc0cc31224f", 99),
     "dp_audit": ("15fc094fe9a63655", "f86a2d70ccf4aba0", "b67a4b4d2b798d6c", 7),
     "inversion": ("f517a0338ccd687c", "9af9c95c9d9b2a43", "b54f37ec43bb3476", 96),
     "longitudinal": ("69d9d9e097dd8f54", "11421f626b309525", "c995839fabaedc8c", 72),
-    "membership": ("11ecb85cb57b92be", "94968fd5578929b6", "626781473436c91f", 18),
+    "membership": ("47e74750e46beb16", "b7976b16a0505a50", "626781473436c91f", 24),
     "monna": ("247148ae291c0881", "cfabdc5ce2cae931", "1fe865dc9dd2f7dd", 18),
     "privacy_utility": ("9a96ccc225acf915", "d7ad6393eaa62def", "3e901fe82aa95974", 48),
     "robustness": ("ce191f36a0dcfbaa", "053bea2aea3f0fc4", "cb1a032a299bd71b", 2952),
