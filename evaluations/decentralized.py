@@ -29,6 +29,7 @@ from pydantic import Field
 
 from privfl import registry
 from privfl.evaluations.scenario import (
+    MAX_CHECKED_ROWS,
     Scenario,
     Section,
     SpecError,
@@ -89,9 +90,8 @@ def validate_decentralized(scenario: Scenario, where: str = "scenario") -> None:
     check_mixing_sizes(s, parts["mixing"], where)
 
 
-# Above this many nodes the size check is skipped: the rule's [n, n] distances would cost validation more
-# than a few MB (such a run is checked by its first round instead).
-MAX_CHECKED_NODES = 2048
+# Above MAX_CHECKED_ROWS nodes the size check is skipped: the rule's [n, n] distances would cost validation
+# more than a few MB (such a run is checked by its first round instead).
 
 
 def check_mixing_sizes(s: Scenario, mixing: Callable[..., Any], where: str = "scenario") -> None:
@@ -104,7 +104,7 @@ def check_mixing_sizes(s: Scenario, mixing: Callable[..., Any], where: str = "sc
     from privfl.fl.decentralized import sampled_adjacency
 
     n, f = s.num_clients, s.byzantine
-    if n > MAX_CHECKED_NODES:
+    if n > MAX_CHECKED_ROWS:
         return
     g = torch.Generator().manual_seed(0)
     models = torch.randn(n, 4, generator=g)

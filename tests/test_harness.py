@@ -138,6 +138,24 @@ def test_valid_rule_sizes_pass():
                 "byzantine_attack": "sign-flip"}).validate()
 
 
+def test_rule_sizes_of_huge_rounds_are_checked_on_bounded_rows(monkeypatch):
+    """Krum on a 100,000-client round would build 10^10 distances at validation: the rules see at most
+    MAX_CHECKED_ROWS rows, a pass there stands for the larger round, a failure there is not reported."""
+    from privfl.defenses.krum import Krum
+    from privfl.evaluations.scenario import MAX_CHECKED_ROWS
+
+    seen: list[int] = []
+    original = Krum.__call__
+    monkeypatch.setattr(Krum, "__call__", lambda self, x, **kw: (seen.append(x.shape[0]), original(self, x, **kw))[1])
+    big = {**SMALL, "num_clients": 100_000, "rounds": 1, "local_steps": 1, "aggregator": "krum",
+           "byzantine_attack": "sign-flip"}
+    Scenario(**big, byzantine=10).validate()
+    Scenario(**big, byzantine=5_000).validate()  # fails on 2,048 rows, passes on 100,000: not reported
+    assert seen == [MAX_CHECKED_ROWS, MAX_CHECKED_ROWS]
+    with pytest.raises(SpecError, match=r"aggregator: krum: needs n > 2f \+ 2"):
+        Scenario(**{**big, "num_clients": 2_000}, byzantine=999).validate()
+
+
 def test_cli_out_errors_and_internal_errors(tmp_path, capsys, monkeypatch):
     spec = _spec_file(tmp_path, {"name": "t", "base": SMALL})
     afile = tmp_path / "afile"
