@@ -55,7 +55,7 @@ import torch
 from torch import Tensor
 
 from privfl.core import PrivacyGuarantee
-from privfl.params import POSITIVE, Int
+from privfl.params import POSITIVE, Choice, Int
 
 __all__ = [
     "RNG_MODES",
@@ -191,10 +191,12 @@ def default_source() -> SecureRandom:
     return _DEFAULT
 
 
-def check_rng(rng: object) -> str:
-    if rng not in RNG_MODES:
-        raise ValueError(f"rng must be one of {', '.join(map(repr, RNG_MODES))}, got {rng!r}")
-    return rng  # type: ignore[return-value]
+RNG = Choice(*RNG_MODES)
+
+
+def check_rng(rng: object, *, owner: str | None = None) -> str:
+    """``rng`` against the declared :data:`RNG` choice (the shared params error shape)."""
+    return RNG.check("rng", rng, owner=owner)
 
 
 def with_rng(mechanism, rng: str):

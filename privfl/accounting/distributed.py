@@ -327,7 +327,6 @@ def _pbm_vertex_logpmfs(n: int, m: int, theta: float) -> np.ndarray:
 
 def _check_pbm(n: int, m: int, theta: float) -> tuple[int, int, float]:
     n, m = int(COUNT.check("n", n)), int(COUNT.check("m", m))
-    theta = float(POSITIVE.check("theta", theta))
     theta = float(Real(0, 0.25, lo_open=True).check("theta", theta))
     if n * m > 4096:
         raise ValueError(f"n·m = {n * m} Bernoullis: the exact worst case is computed for n·m <= 4096")

@@ -42,6 +42,8 @@ from torch import Tensor
 from privfl.core import Aggregator, Mixing, PreAggregator
 from privfl.params import COUNT, NON_NEGATIVE, Int
 
+NON_NEGATIVE_INT = Int(0, None)
+
 __all__ = [
     "RobustnessReport",
     "AdversarialSet",
@@ -86,9 +88,14 @@ HONEST_KINDS = ("gaussian", "heavy-tailed", "clusters", "honest-outlier")
 # --------------------------------------------------------------------------------------------
 # κ bounds
 # --------------------------------------------------------------------------------------------
-def _check_nf(n: int, f: int, need: int = 2) -> None:
-    if not (isinstance(n, int) and isinstance(f, int)) or f < 0 or n <= need * f:
-        raise ValueError(f"need integers with n > {need}f >= 0, got n={n!r}, f={f!r}")
+def _check_nf(n: int, f: int, need: int = 2, *, strict: bool = True, extra: int = 0) -> None:
+    """``n`` and ``f`` through the shared declarations, then the bound's requirement on them:
+    ``n > need·f + extra`` (``strict``) or ``n >= need·f + extra``."""
+    COUNT.check("n", n)
+    NON_NEGATIVE_INT.check("f", f)
+    if (n <= need * f + extra) if strict else (n < need * f + extra):
+        rel = ">" if strict else ">="
+        raise ValueError(f"need n {rel} {need}f{f' + {extra}' if extra else ''}, got n={n!r}, f={f!r}")
 
 
 def kappa_lower_bound(n: int, f: int) -> float:
@@ -201,8 +208,7 @@ def kappa_bulyan(n: int, f: int) -> float:
     nearest of the ``≥ f + b`` honest selected values left out of W, within ``√(hV/(f + b)) + |m − μ|``.
     Needs n ≥ 4f + 3.
     """
-    if not (isinstance(n, int) and isinstance(f, int)) or f < 0 or n < 4 * f + 3:
-        raise ValueError(f"need integers with n >= 4f + 3, got n={n!r}, f={f!r}")
+    _check_nf(n, f, 4, strict=False, extra=3)
     if f == 0:
         return 0.0
     h, theta = n - f, n - 2 * f
