@@ -182,6 +182,7 @@ class _Driver:
         todo = deque(sorted(pending, key=lambda p: -costs[p["id"]]))  # stable: spec order on ties
         attempts: dict[str, int] = {}
         in_flight: dict[Any, dict[str, Any]] = {}
+        level = logging.getLogger("privfl").getEffectiveLevel()  # the workers log at the driver's level
         window, window_at = 2 * backend.slots(ray), time.monotonic()
         try:
             while todo or in_flight:
@@ -190,7 +191,7 @@ class _Driver:
                 while todo and len(in_flight) < window:
                     payload = todo.popleft()
                     attempts[payload["id"]] = attempts.get(payload["id"], 0) + 1
-                    in_flight[self.task.remote(payload, backend.cpus_per_cell)] = payload
+                    in_flight[self.task.remote(payload, backend.cpus_per_cell, level)] = payload
                 ready, _ = ray.wait(list(in_flight), num_returns=len(in_flight), timeout=0.2)
                 self.tracker.tick()
                 for ref in ready:
@@ -228,10 +229,43 @@ class _Driver:
 
 
 # ---------------------------------------------------------------------- the worker
-def _run_cell(payload: dict[str, Any], threads: int) -> str:
+def _run_cell(payload: dict[str, Any], threads: int, log_level: int = logging.WARNING) -> str:
     """Run one cell in a Ray task (``compute_cell`` with ``cpus_per_cell`` threads, device ``auto``
-    resolved here, on the worker); returns its row as JSON text (the driver writes it)."""
-    return json.dumps(compute_cell(payload, threads=threads, device=_worker_device()), allow_nan=True)
+    resolved here, on the worker); returns its row as JSON text (the driver writes it).
+
+    The cell's progress records (``privfl.*`` loggers, at the driver's ``log_level``) go to the worker's
+    stderr tagged with the cell, which Ray forwards to the driver's console (``log_to_driver``, Ray's
+    default), as the local pool's workers forward theirs through a queue."""
+    handler = _worker_log_handler(log_level)
+    handler.cell = f"{payload['label']} · seed {payload['seed']}"
+    try:
+        return json.dumps(compute_cell(payload, threads=threads, device=_worker_device()), allow_nan=True)
+    finally:
+        handler.cell = None
+
+
+class _TaggedStderr(logging.StreamHandler):
+    """stderr lines ``HH:MM:SS privfl: [cell] message`` for the cell this worker runs now."""
+
+    cell: str | None = None
+
+    def format(self, record: logging.LogRecord) -> str:
+        if self.cell:
+            record = logging.makeLogRecord({**record.__dict__, "msg": f"[{self.cell}] {record.getMessage()}",
+                                            "args": None})
+        return super().format(record)
+
+
+def _worker_log_handler(level: int) -> _TaggedStderr:
+    logger = logging.getLogger("privfl")
+    handler = next((h for h in logger.handlers if isinstance(h, _TaggedStderr)), None)
+    if handler is None:
+        handler = _TaggedStderr()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+        logger.handlers[:] = [handler]
+        logger.propagate = False
+    logger.setLevel(level)
+    return handler
 
 
 def _worker_device() -> str:

@@ -241,3 +241,35 @@ def test_long_cells_first_by_estimate():
     # 2 victims × 4800 iterations (the attack's default) dwarf 2 rounds of training
     assert costs["attacked"] > 1000 * estimate_cost(base.replace(model="lenet"))
 
+
+
+def test_a_ray_task_logs_its_cells_progress_tagged_to_stderr(monkeypatch, capfd):
+    """Ray forwards a worker's stderr to the driver (log_to_driver): the task prints the cell's privfl.*
+    records there at the driver's level, tagged with the cell, like the pool's workers through their queue."""
+    import logging
+
+    import privfl.evaluations.ray_backend as rb
+    from privfl.evaluations.cells import payload_of
+    from privfl.registry import register
+
+    @register("model", "ray_log_probe_mlp")
+    def ray_log_probe_mlp(input_shape, num_classes):
+        logging.getLogger("privfl.attacks").info("probe: 3/10 steps")
+        logging.getLogger("privfl.attacks").debug("below the driver's level")
+        from privfl.models import MLP
+        return MLP(input_shape, num_classes, hidden=(8,))
+
+    monkeypatch.setattr(rb, "_worker_device", lambda: "cpu")
+    spec = parse_spec({"name": "logs", "base": {**TINY, "rounds": 1, "model": "ray_log_probe_mlp",
+                                                 "model_params": {}}, "seeds": [0]})
+    cell = spec.cells()[0]
+    logger = logging.getLogger("privfl")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    try:
+        row = rb._run_cell(payload_of(cell, spec, {}), 1, logging.INFO)
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved
+    assert '"status": "done"' in row
+    err = capfd.readouterr().err
+    assert f"privfl.attacks: [{cell.label} · seed 0] probe: 3/10 steps" in err, err
+    assert "below the driver's level" not in err
