@@ -253,7 +253,10 @@ def _build_sections(data: dict[str, Any], where: str) -> dict[str, Section]:
         try:
             out[name] = model.model_validate(values)
         except ValidationError as exc:
-            raise _from_pydantic(exc, where, model, values) from None
+            loc = exc.errors(include_url=False)[0]["loc"]
+            given = data.get(name) if name not in FIELD_OWNER else None
+            nested = isinstance(given, dict) and bool(loc) and loc[0] in given  # written `section: {field: ..}`
+            raise _from_pydantic(exc, f"{where}.{name}" if nested else where, model, values) from None
     return out
 
 

@@ -79,7 +79,7 @@ def test_python_built_cell_ids_are_unchanged():
      "scenario.membership_params.threat: got 'psychic'; allowed: 'model', 'update' or 'rounds'"),
     ({"membership_params": {"references": 1}}, "scenario.membership_params.references: got 1; allowed: an integer"),
     ({"membership_params": {"shadows": 3}}, "scenario.membership_params: unknown key(s) 'shadows'; allowed: threat"),
-    ({"privacy": {"delta": 1}}, "scenario.delta: got 1; allowed: a number in (0, 1)"),
+    ({"privacy": {"delta": 1}}, "scenario.privacy.delta: got 1; allowed: a number in (0, 1)"),
     ({"privacy": {"rounds": 3}}, "scenario.privacy.rounds: got 3; allowed: fields of section 'privacy'"),
     ({"colour": 1}, "scenario: unknown field(s) 'colour'; valid fields: label, mode"),
 ])
