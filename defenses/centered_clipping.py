@@ -121,9 +121,8 @@ def _distances(rows: Tensor, v: Tensor | None, acc: torch.dtype, *,
     in float64. ``precise``: in float64 throughout (squares of large float32 values overflow float32).
     Few ops, so small ``d`` pays little per-call overhead."""
     m, d = rows.shape
-    chunk = column_chunk(rows)
     norm_dtype = torch.float64 if precise else None
-    if d <= chunk or m * d <= _ONE_PASS_VALUES:
+    if m * d <= _ONE_PASS_VALUES or d <= (chunk := column_chunk(rows)):
         diff = _diff(rows, v, acc)
         return torch.linalg.vector_norm(diff, dim=1, dtype=norm_dtype), diff
     sq = torch.zeros(m, dtype=torch.float64, device=rows.device)
