@@ -43,13 +43,18 @@ Five measurements (``--only`` picks some; all by default), each on freshly initi
   issue 18: cnn6 174 it/s, ResNet-18 42 it/s; targets ×2 at batch 1, ×50 at 64 victims), the mean PSNR
   reached in those iterations (not breaching's 24,000-iteration PSNR), and the projected minutes of
   breaching's 100-victim ResNet-18 benchmark (24,000 iterations) at the best rate (target < 20 min).
+  A setting that fails (e.g. a CUDA-graph capture) is printed as FAILED and the others still run.
+* ``update-rates`` (issue 18, for ``--device cuda``): the same loop-vs-CUDA-graph rates for the two attacks
+  on FedAvg updates that share that Adam step, SME and the unrolled ``fedavg-inversion``
+  (``--rate-unrolled-iterations``), on the SME ConvNet at 1 and ``--rate-victims`` victims (no breaching
+  reference: it has neither attack).
 
 Single-threaded by default (``--threads``); the machine is shared, so seconds are noisy.
 ``--device cuda`` (or ``auto``: CUDA when present) puts the datasets and models on the GPU (models are
 initialised on CPU from the same seeds, and the attacks' CPU generators give the same starting points)
 and synchronises around every timed attack; the ``noise`` mechanism then draws its noise with a
 generator on the GPU (other draws than on CPU, same distribution).
-Run: ``.venv/bin/python benchmarks/inversion.py [--only ig,dlg,sme,noise,vmap,rates] [--images 4]
+Run: ``.venv/bin/python benchmarks/inversion.py [--only ig,dlg,sme,noise,vmap,rates,update-rates] [--images 4]
 [--device cpu|cuda|auto]``.
 """
 
@@ -377,6 +382,37 @@ class ResNet18(nn.Module):
         return self.fc(self.body(x))
 
 
+def _rate_setting(label: str, attack_name: str, params: dict, obs: Observation, truth: list, iterations: int,
+                  victims: int, graphs: str, reference: float | None) -> dict | None:
+    """One setting of 'rates': runs the attack, prints its line at once (a step cut short by its time limit
+    keeps what it printed) and returns its figures; an error (e.g. a CUDA-graph capture that fails) is printed
+    and the setting left out, so the other settings still run."""
+    os.environ["PRIVFL_CUDA_GRAPHS"] = graphs
+    path = "CUDA graph" if graphs == "1" else "loop      "
+    try:
+        attack = privfl.make("privacy_attack", attack_name, iterations=iterations, **params)
+        rec = attack.attack(obs, generator=torch.Generator().manual_seed(0))
+    except Exception as err:  # noqa: BLE001 - reported, and the remaining settings still run
+        print(f"  {label:16s} {victims:3d} victim(s) {path}: FAILED: {type(err).__name__}: {err}", flush=True)
+        return None
+    finally:
+        os.environ.pop("PRIVFL_CUDA_GRAPHS", None)
+    data = rec.data if victims > 1 else rec.data.unsqueeze(0)
+    psnr = statistics.fmean(score(t, data[v]).psnr for v, t in enumerate(truth))
+    its = iterations / rec.extra["seconds"]
+    row = {"it_s": its, "victim_it_s": its * victims, "psnr": psnr,
+           "ratio": its * victims / reference if reference else None,
+           "cuda_graph": bool(rec.extra.get("cuda_graph", 0.0))}
+    versus = f"{row['ratio']:6.2f}x breaching, " if reference else ""
+    print(f"  {label:16s} {victims:3d} victim(s) {path}: {its:8.1f} it/s, {its * victims:9.1f} victim-it/s, "
+          f"{versus}mean PSNR {psnr:.2f} dB (after {iterations} it.)", flush=True)
+    return row
+
+
+def _graph_paths() -> tuple[str, ...]:
+    return ("0", "1") if DEVICE.type == "cuda" else ("0",)
+
+
 def bench_rates(args) -> dict:
     """IG it/s on cnn6 and ResNet-18, 1 and ``--rate-victims`` victims, loop vs CUDA graph."""
     ds = load("natural-patches")
@@ -390,26 +426,44 @@ def bench_rates(args) -> dict:
             labels = ds.y_train[idx].unsqueeze(1)
             obs = observation(ds, model, rows if victims > 1 else rows[0], "gradient", 1,
                               labels if victims > 1 else labels[0])
-            for graphs in ("0", "1"):
-                if graphs == "1" and DEVICE.type != "cuda":
-                    continue
-                os.environ["PRIVFL_CUDA_GRAPHS"] = graphs
-                attack = privfl.make("privacy_attack", "inverting-gradients", iterations=args.rate_iterations,
-                                     tv_weight=args.tv)
-                rec = attack.attack(obs, generator=torch.Generator().manual_seed(0))
-                data = rec.data if victims > 1 else rec.data.unsqueeze(0)
-                psnr = statistics.fmean(score(ds.to_pixels(ds.x_train[i : i + 1]), data[v]).psnr
-                                        for v, i in enumerate(idx))
-                its = args.rate_iterations / rec.extra["seconds"]
-                out[(name, victims, graphs)] = {"it_s": its, "victim_it_s": its * victims, "psnr": psnr,
-                                                "ratio": its * victims / BREACHING_RATES[name]}
-        os.environ.pop("PRIVFL_CUDA_GRAPHS", None)
+            truth = [ds.to_pixels(ds.x_train[i : i + 1]) for i in idx]
+            for graphs in _graph_paths():
+                row = _rate_setting(name, "inverting-gradients", {"tv_weight": args.tv}, obs, truth,
+                                    args.rate_iterations, victims, graphs, BREACHING_RATES[name])
+                if row is not None:
+                    out[(name, victims, graphs)] = row
+    return out
+
+
+def bench_update_rates(args) -> dict:
+    """SME and the unrolled fedavg-inversion (the two attacks on FedAvg updates that share IG's Adam step) on
+    the SME ConvNet: it/s at 1 and ``--rate-victims`` victims, loop vs CUDA graph (no breaching reference)."""
+    ds = load("natural-patches")
+    N, B, K = args.local_images, args.local_batch, args.local_steps
+    model = build(ds, "convnet", args.seed, width=args.sme_width)
+    pool = []
+    for v in range(args.rate_victims):
+        idx = torch.randperm(len(ds.x_train), generator=torch.Generator().manual_seed(100 + v))[:N]
+        x, y = ds.x_train[idx], ds.y_train[idx]
+        pool.append((ds.to_pixels(x), y, local_update(model, x, y, steps=K, batch=B, lr=args.local_lr, seed=v)))
+    out = {}
+    for name, iterations in (("sme", args.rate_iterations), ("fedavg-inversion", args.rate_unrolled_iterations)):
+        for victims in (1, args.rate_victims):
+            chosen = pool[:victims]
+            deltas, labels = torch.stack([d for *_, d in chosen]), torch.stack([y for _, y, _ in chosen])
+            obs = observation(ds, model, deltas if victims > 1 else deltas[0], "delta", N,
+                              labels if victims > 1 else labels[0], lr=args.local_lr, local_steps=K, batch_size=B)
+            for graphs in _graph_paths():
+                row = _rate_setting(name, name, {}, obs, [t for t, *_ in chosen], iterations, victims, graphs, None)
+                if row is not None:
+                    out[(name, victims, graphs)] = row
     return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", default="ig,dlg,sme,noise,vmap", help="also: rates (issue 18, meant for --device cuda)")
+    p.add_argument("--only", default="ig,dlg,sme,noise,vmap",
+                   help="also: rates, update-rates (issue 18, meant for --device cuda)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--images", type=int, default=4, help="images for ig; victims per setting for noise")
@@ -437,6 +491,8 @@ def main() -> None:
     p.add_argument("--vmap-iterations", type=int, default=200)
     p.add_argument("--rate-iterations", type=int, default=300, help="IG iterations per setting of 'rates'")
     p.add_argument("--rate-victims", type=int, default=64, help="victims attacked together in 'rates'")
+    p.add_argument("--rate-unrolled-iterations", type=int, default=20,
+                   help="fedavg-inversion iterations per setting of 'update-rates'")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
                    help="where datasets, models and attacks run (auto: cuda when available); default cpu")
     args = p.parse_args()
@@ -532,21 +588,34 @@ def main() -> None:
         print(f"  speed-up of vmap: {r['speedup']:.2f}x")
     if "rates" in only:
         print(f"IG iterations/s, natural-patches 32x32, {args.rate_iterations} iterations, TV {args.tv}; ratio = "
-              f"victim-iterations/s over breaching's single-victim rate on an H200 ({BREACHING_RATES}):")
+              f"victim-iterations/s over breaching's single-victim rate on an H200 ({BREACHING_RATES}):", flush=True)
         r = bench_rates(args)
-        for (name, victims, graphs), v in r.items():
-            print(f"  {name:8s} {victims:3d} victim(s) {'CUDA graph' if graphs == '1' else 'loop      '}: "
-                  f"{v['it_s']:8.1f} it/s, {v['victim_it_s']:9.1f} victim-it/s, {v['ratio']:6.2f}x breaching, "
-                  f"mean PSNR {v['psnr']:.2f} dB (after {args.rate_iterations} it.)")
         for name in BREACHING_RATES:
-            best1 = max(v["ratio"] for (n, k, _), v in r.items() if n == name and k == 1)
-            bestk = max(v["ratio"] for (n, k, _), v in r.items() if n == name and k == args.rate_victims)
-            checks.append((f"{name} batch 1 >= 2x breaching", best1 >= 2.0, f"{best1:.2f}x"))
-            checks.append((f"{name} {args.rate_victims} victims >= 50x breaching", bestk >= 50.0, f"{bestk:.2f}x"))
-        best = max(v["victim_it_s"] for (n, k, _), v in r.items() if n == "resnet18")
-        minutes = 100 * 24_000 / best / 60
-        checks.append(("ResNet-18 100 victims x 24,000 it. < 20 min (projected from the best rate)", minutes < 20,
-                       f"{minutes:.1f} min"))
+            ones = [v["ratio"] for (n, k, _), v in r.items() if n == name and k == 1]
+            many = [v["ratio"] for (n, k, _), v in r.items() if n == name and k == args.rate_victims]
+            checks.append((f"{name} batch 1 >= 2x breaching", bool(ones) and max(ones) >= 2.0,
+                           f"{max(ones):.2f}x" if ones else "not measured (every setting failed)"))
+            checks.append((f"{name} {args.rate_victims} victims >= 50x breaching", bool(many) and max(many) >= 50.0,
+                           f"{max(many):.2f}x" if many else "not measured (every setting failed)"))
+        best = [v["victim_it_s"] for (n, k, _), v in r.items() if n == "resnet18"]
+        minutes = 100 * 24_000 / max(best) / 60 if best else math.inf
+        checks.append(("ResNet-18 100 victims x 24,000 it. < 20 min (projected from the best rate; PSNR after "
+                       f"{args.rate_iterations} it. only)", minutes < 20, f"{minutes:.1f} min"))
+    if "update-rates" in only:
+        print(f"SME ({args.rate_iterations} it.) and fedavg-inversion ({args.rate_unrolled_iterations} it.) "
+              f"iterations/s on FedAvg updates (ConvNet width {args.sme_width}, {args.local_images} images, "
+              f"K={args.local_steps}, batch {args.local_batch}), 1 and {args.rate_victims} victims:", flush=True)
+        r = bench_update_rates(args)
+        for name in ("sme", "fedavg-inversion"):
+            for victims in (1, args.rate_victims):
+                loop, graph = r.get((name, victims, "0")), r.get((name, victims, "1"))
+                if loop and graph:
+                    print(f"  {name} {victims} victim(s): CUDA graph / loop = "
+                          f"{graph['it_s'] / loop['it_s']:.2f}x", flush=True)
+            one, many = r.get((name, 1, "0")), r.get((name, args.rate_victims, "0"))
+            if one and many:
+                print(f"  {name}: {args.rate_victims} victims batched / 1 victim, victim-it/s (loop) = "
+                      f"{many['victim_it_s'] / one['victim_it_s']:.2f}x", flush=True)
     print("\nacceptance:")
     for name, ok, value in checks:
         print(f"  [{'PASS' if ok else 'FAIL'}] {name}: {value}")
