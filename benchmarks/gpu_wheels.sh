@@ -12,7 +12,7 @@
 # first; the device call names `.whl` in `carry` (.whl/ is git-ignored):
 #
 #   bash benchmarks/gpu_wheels.sh
-#   device run: command  ONLY="issue17 issue18" bash benchmarks/gpu_check.sh $OUT   carry [".whl"]
+#   device run: command  ONLY="issue17 issue18" bash benchmarks/gpu_check.sh $OUT   carry [".whl"]   timeout_s 590
 #
 # PYVER=3.11 gives wheels for this machine's Python, for a dry run of the install path in a bare venv.
 set -euo pipefail
