@@ -401,8 +401,9 @@ def _rate_setting(label: str, attack_name: str, params: dict, obs: Observation, 
     psnr = statistics.fmean(score(t, data[v]).psnr for v, t in enumerate(truth))
     its = iterations / rec.extra["seconds"]
     row = {"it_s": its, "victim_it_s": its * victims, "psnr": psnr,
-           "ratio": its * victims / reference if reference else None,
-           "cuda_graph": bool(rec.extra.get("cuda_graph", 0.0))}
+           "ratio": its * victims / reference if reference else None}
+    if graphs == "1" and not rec.extra.get("cuda_graph"):  # the switch was set, but the attack ran its loop
+        path = "CUDA graph NOT USED (loop ran)"
     versus = f"{row['ratio']:6.2f}x breaching, " if reference else ""
     print(f"  {label:16s} {victims:3d} victim(s) {path}: {its:8.1f} it/s, {its * victims:9.1f} victim-it/s, "
           f"{versus}mean PSNR {psnr:.2f} dB (after {iterations} it.)", flush=True)
@@ -496,6 +497,11 @@ def main() -> None:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
                    help="where datasets, models and attacks run (auto: cuda when available); default cpu")
     args = p.parse_args()
+    for flag, value, least in (("--rate-iterations", args.rate_iterations, 1), ("--rate-victims", args.rate_victims, 2),
+                               ("--rate-unrolled-iterations", args.rate_unrolled_iterations, 1)):
+        if value < least:
+            p.error(f"{flag} must be an integer >= {least} (1 victim is always measured beside it), got {value}"
+                    if flag == "--rate-victims" else f"{flag} must be an integer >= {least}, got {value}")
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():
